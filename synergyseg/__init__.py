@@ -1,0 +1,28 @@
+"""synergyseg: two-scale DeepLabV3+ with uncertainty fusion for real-time semantic segmentation."""
+
+from synergyseg.deeplab import build_deeplabv3plus
+from synergyseg.fusion import (
+    AttentionFusion,
+    AverageFusion,
+    HighScaleOnly,
+    LowScaleOnly,
+    MaxFusion,
+    UncertaintyFusion,
+    UncertaintyMask,
+)
+from synergyseg.synergy import build_synergyseg, submodel_of
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionFusion",
+    "AverageFusion",
+    "HighScaleOnly",
+    "LowScaleOnly",
+    "MaxFusion",
+    "UncertaintyFusion",
+    "UncertaintyMask",
+    "build_deeplabv3plus",
+    "build_synergyseg",
+    "submodel_of",
+]

@@ -1,0 +1,99 @@
+"""DeepLabV3+ (Chen et al., ECCV 2018) on a dilated ResNet trunk: the shared submodel of SynergySeg."""
+
+import keras
+from keras import layers
+
+from synergyseg.preprocessing import ImageNetNormalization
+from synergyseg.resize import ResizeLike
+from synergyseg.resnet import RESNETS, build_resnet
+from synergyseg.weights import load_backbone_weights
+
+# ASPP atrous rates at output stride 16; DeepLabV3 doubles them at output stride 8.
+ASPP_RATES_OS16 = (6, 12, 18)
+
+
+def _conv_bn_relu(x, filters, kernel_size, name, dilation=1):
+    x = layers.Conv2D(
+        filters, kernel_size, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def aspp(features, filters=256, rates=ASPP_RATES_OS16, dropout=0.1):
+    """Atrous spatial pyramid pooling: a 1x1 conv, one 3x3 conv per rate and image pooling."""
+    branches = [_conv_bn_relu(features, filters, 1, "aspp_1x1")]
+    for rate in rates:
+        branches.append(_conv_bn_relu(features, filters, 3, f"aspp_rate{rate}", dilation=rate))
+    pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(features)
+    pooled = _conv_bn_relu(pooled, filters, 1, "aspp_pool_1x1")
+    # Resizing a 1x1 map bilinearly is a broadcast to the feature size.
+    branches.append(ResizeLike(name="aspp_pool_broadcast")([pooled, features]))
+    x = layers.Concatenate(name="aspp_concat")(branches)
+    x = _conv_bn_relu(x, filters, 1, "aspp_project")
+    return layers.Dropout(dropout, name="aspp_dropout")(x)
+
+
+def decoder(aspp_features, low_level, filters=256, low_level_filters=48):
+    """DeepLabV3+ decoder: upsample to stride 4, concatenate 48 projected channels, two 3x3 convs."""
+    low = _conv_bn_relu(low_level, low_level_filters, 1, "decoder_low_level")
+    x = ResizeLike(name="decoder_upsample")([aspp_features, low])
+    x = layers.Concatenate(name="decoder_concat")([x, low])
+    x = _conv_bn_relu(x, filters, 3, "decoder_conv1")
+    return _conv_bn_relu(x, filters, 3, "decoder_conv2")
+
+
+def build_deeplabv3plus(
+    num_classes,
+    backbone="resnet50",
+    output_stride=16,
+    backbone_weights=None,
+    backbone_width=64,
+    head_filters=256,
+    low_level_filters=48,
+    dropout=0.1,
+    name="deeplabv3plus",
+):
+    """Builds DeepLabV3+ that maps raw RGB images to per-pixel class probabilities at the input size.
+
+    Args:
+        num_classes: number of classes (at least 2).
+        backbone: "resnet50" (the paper's), "resnet101", or "resnet18"/"resnet34" for quick CPU runs.
+        output_stride: 16 (default) or 8; ASPP rates are (6, 12, 18) at 16 and doubled at 8.
+        backbone_weights: path of a local weights file for the trunk, e.g. keras.applications'
+            ResNet-50 ImageNet "notop" .h5, or None for random initialization.
+        backbone_width: channels of the trunk's first stage (64 in the real networks).
+        head_filters: channels of ASPP and the decoder (256 in the paper).
+        low_level_filters: channels of the projected stride-4 features (48 in the paper).
+        dropout: dropout after the ASPP projection.
+
+    Input `(batch, h, w, 3)` RGB in [0, 255], uint8 or float, any h and w; output
+    `(batch, h, w, num_classes)` float32 softmax probabilities.
+
+    Example:
+        >>> model = build_deeplabv3plus(num_classes=19)
+        >>> probs = model(images)          # (batch, h, w, 19)
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if backbone not in RESNETS:
+        raise ValueError(f"Unknown backbone {backbone!r}; expected one of {sorted(RESNETS)}")
+    if output_stride not in (8, 16):
+        raise ValueError(f"DeepLabV3+ output_stride must be 8 or 16, got {output_stride!r}")
+
+    image = keras.Input((None, None, 3), name="image")
+    x = ImageNetNormalization(name="imagenet_normalization")(image)
+    trunk = build_resnet(backbone, output_stride=output_stride, width=backbone_width, name="backbone")
+    if backbone_weights is not None:
+        load_backbone_weights(trunk, backbone, backbone_weights)
+    low_level, features = trunk(x)
+
+    rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
+    x = aspp(features, head_filters, rates, dropout)
+    x = decoder(x, low_level, head_filters, low_level_filters)
+    logits = layers.Conv2D(num_classes, 1, name="classifier")(x)
+    # Upsample logits (not probabilities) to the input size, then softmax in float32 so mixed
+    # precision never feeds half-precision probabilities to the loss.
+    logits = ResizeLike(name="logits_upsample")([logits, image])
+    probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    return keras.Model(image, probs, name=name)
