@@ -10,7 +10,7 @@ from synergyseg.fusion import (
     UncertaintyFusion,
     UncertaintyMask,
 )
-from synergyseg.synergy import build_synergyseg, submodel_of
+from synergyseg.synergy import build_synergyseg, submodel_of, with_fusion
 
 __version__ = "0.1.0"
 
@@ -25,4 +25,5 @@ __all__ = [
     "build_deeplabv3plus",
     "build_synergyseg",
     "submodel_of",
+    "with_fusion",
 ]

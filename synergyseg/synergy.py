@@ -44,7 +44,10 @@ def build_synergyseg(
         backbone_weights=backbone_weights,
         **deeplab_kwargs,
     )
+    return _two_scale(submodel, fuse, scale_outputs, name)
 
+
+def _two_scale(submodel, fuse, scale_outputs, name):
     image = keras.Input((None, None, 3), name="image")
     image_lo = Downsample(2, name="half_resolution")(image)
     # One submodel instance called twice: the two scales share every weight.
@@ -60,6 +63,28 @@ def build_synergyseg(
         "uncertainty": UncertaintyMask(name="uncertainty")([s_lo, image]),
     }
     return keras.Model(image, outputs, name=name)
+
+
+def with_fusion(model, fusion=None, scale_outputs=False):
+    """A SynergySeg model that shares `model`'s weights, with another fusion or extra outputs.
+
+    Nothing is copied or retrained: the new model calls the same DeepLabV3+ instance, so an
+    ablation can compare fusions on one set of trained weights.
+
+    Args:
+        model: a model from `build_synergyseg` (or loaded from its `.keras` file).
+        fusion: a fusion name (see `build_synergyseg`), or None to keep `model`'s fusion layer.
+        scale_outputs: as in `build_synergyseg`.
+    """
+    submodel = submodel_of(model)
+    if fusion is None:
+        try:
+            fuse = model.get_layer("fusion")
+        except ValueError as e:
+            raise ValueError(f"Model {model.name!r} has no layer named 'fusion'; is it a SynergySeg model?") from e
+    else:
+        fuse = make_fusion(fusion)
+    return _two_scale(submodel, fuse, scale_outputs, model.name)
 
 
 def submodel_of(model):
