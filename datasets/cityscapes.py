@@ -1,0 +1,27 @@
+"""Convert Cityscapes (official layout) to TFRecord shards with the 19 train ids.
+
+    python datasets/cityscapes.py --root /data/cityscapes --out data/cityscapes
+    python datasets/cityscapes.py --root /data/cityscapes --out data/cityscapes --splits val
+
+`--root` holds leftImg8bit/ and gtFine/ as unzipped from the official zips.
+"""
+
+import argparse
+
+from synergyseg.data import cityscapes
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="directory with leftImg8bit/ and gtFine/")
+    parser.add_argument("--out", required=True, help="output directory for the shards")
+    parser.add_argument("--splits", nargs="+", default=["train", "val"])
+    parser.add_argument("--num-shards", type=int, default=16, help="shards per split")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    args = parser.parse_args()
+    cityscapes.convert(args.root, args.out, splits=args.splits, num_shards=args.num_shards,
+                       workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()

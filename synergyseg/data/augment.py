@@ -1,0 +1,86 @@
+"""Training augmentation in TF ops, driven by stateless seeds so a given seed gives the same crops.
+
+Every function takes an image (H, W, 3) float32 in [0, 255], a label (H, W) int32 and a seed of
+shape (2,); none uses `py_function`, so they run inside tf.data's parallel map and under
+tf.distribute.
+"""
+
+import tensorflow as tf
+
+from synergyseg.data.info import IGNORE_LABEL
+
+# ImageNet mean in RGB on the [0, 255] scale: padding with it gives zeros after the backbone's
+# mean subtraction, so padded borders carry no signal.
+MEAN_RGB = (123.675, 116.28, 103.53)
+
+
+def random_scale(image, label, seed, scale_range=(0.5, 2.0)):
+    """Resize by a factor drawn uniformly from `scale_range`: image bilinear, label nearest."""
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
+    scale = tf.random.stateless_uniform((), seed, low, high)
+    size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * scale), tf.int32)
+    size = tf.maximum(size, 1)
+    image = tf.image.resize(image, size, method="bilinear")
+    # Nearest neighbour keeps labels valid ids; bilinear would invent classes at boundaries.
+    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
+    return image, label
+
+
+def pad_to_size(image, label, size):
+    """Pad bottom/right to at least `size` (h, w): image with MEAN_RGB, label with 255."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    pad_h, pad_w = tf.maximum(size[0] - h, 0), tf.maximum(size[1] - w, 0)
+    paddings = [[0, pad_h], [0, pad_w]]
+    mean = tf.constant(MEAN_RGB, tf.float32)
+    image = tf.pad(image - mean, paddings + [[0, 0]]) + mean
+    label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
+    return image, label
+
+
+def random_crop(image, label, seed, size):
+    """Crop a random `size` (h, w) window, padding first where the image is smaller."""
+    image, label = pad_to_size(image, label, size)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    # maxval is exclusive, so +1 makes the last valid offset reachable.
+    top = tf.random.stateless_uniform((), seed, 0, h - size[0] + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform(
+        (), tf.random.experimental.stateless_fold_in(seed, 1), 0, w - size[1] + 1, dtype=tf.int32)
+    image = image[top:top + size[0], left:left + size[1]]
+    label = label[top:top + size[0], left:left + size[1]]
+    image.set_shape([size[0], size[1], 3])
+    label.set_shape([size[0], size[1]])
+    return image, label
+
+
+def random_flip(image, label, seed):
+    """Mirror image and label left-right with probability 1/2."""
+    flip = tf.random.stateless_uniform((), seed) < 0.5
+    image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+    label = tf.cond(flip, lambda: label[:, ::-1], lambda: label)
+    return image, label
+
+
+def photometric_jitter(image, seed):
+    """Random brightness, contrast, saturation and hue (mild), clipped to [0, 255]."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    x = image / 255.0
+    x = tf.image.stateless_random_brightness(x, 0.125, seeds[0])
+    x = tf.image.stateless_random_contrast(x, 0.75, 1.25, seeds[1])
+    x = tf.image.stateless_random_saturation(tf.clip_by_value(x, 0.0, 1.0), 0.75, 1.25, seeds[2])
+    x = tf.image.stateless_random_hue(x, 0.04, seeds[3])
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def augment(image, label, seed, *, crop_size, scale_range=(0.5, 2.0), flip=True, jitter=False):
+    """The training augmentation: random scale, crop with padding, flip, optional jitter."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    if scale_range is not None and tuple(scale_range) != (1.0, 1.0):
+        image, label = random_scale(image, label, seeds[0], scale_range)
+    image, label = random_crop(image, label, seeds[1], crop_size)
+    if flip:
+        image, label = random_flip(image, label, seeds[2])
+    if jitter:
+        image = photometric_jitter(image, seeds[3])
+    return image, label

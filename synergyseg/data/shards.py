@@ -1,0 +1,195 @@
+"""Write examples into N TFRecord shards in parallel, atomically and resumably, and summarise them.
+
+A shard is written under a temporary name and renamed only when complete, so an interrupted run
+never leaves a half shard under a final name; running again skips the shards that exist.
+"""
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import glob
+import json
+import multiprocessing
+import os
+import re
+import time
+
+import numpy as np
+
+from synergyseg.data.info import IGNORE_LABEL
+
+# Per-shard statistics live beside the shards so a resumed run can still print the full summary.
+_STATS_DIR = ".stats"
+
+
+def shard_name(split, index, num_shards):
+    """File name of shard `index` of `num_shards` for `split`: `train-00003-of-00016.tfrecord`."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def shard_pattern(out_dir, split):
+    """Glob that matches every finished shard of `split` in `out_dir`."""
+    return os.path.join(out_dir, f"{split}-?????-of-?????.tfrecord")
+
+
+def label_histogram(label):
+    """Pixels per label value (256 bins) of a uint8 label map."""
+    return np.bincount(np.asarray(label, np.uint8).ravel(), minlength=256).astype(np.int64)
+
+
+@dataclasses.dataclass
+class ConversionSummary:
+    """What a conversion wrote: image count and pixels per label value (index 255 = ignored)."""
+
+    split: str
+    images: int
+    pixel_counts: np.ndarray  # (256,) int64
+
+    @property
+    def ignored_fraction(self):
+        total = int(self.pixel_counts.sum())
+        return float(self.pixel_counts[IGNORE_LABEL]) / total if total else 0.0
+
+    def format(self, class_names):
+        """A human-readable report: images, pixels (and share) per class, ignored fraction."""
+        total = max(int(self.pixel_counts.sum()), 1)
+        lines = [f"{self.split}: {self.images} images, {int(self.pixel_counts.sum())} pixels"]
+        for i, name in enumerate(class_names):
+            n = int(self.pixel_counts[i])
+            lines.append(f"  {i:3d} {name:<24s} {n:>14d}  {100.0 * n / total:6.2f}%")
+        unknown = int(self.pixel_counts[len(class_names):IGNORE_LABEL].sum())
+        if unknown:
+            lines.append(f"  WARNING: {unknown} pixels have ids >= {len(class_names)} other than 255")
+        lines.append(f"  ignored (255): {100.0 * self.ignored_fraction:.2f}%")
+        return "\n".join(lines)
+
+
+def _stats_path(out_dir, name):
+    return os.path.join(out_dir, _STATS_DIR, name + ".json")
+
+
+def _atomic_write_text(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_shard(out_dir, split, index, num_shards, items, encode_fn):
+    """Worker: encode `items` into one shard; returns (index, images, pixel counts)."""
+    import tensorflow as tf  # imported here so spawned workers that never write shards stay light
+
+    name = shard_name(split, index, num_shards)
+    path = os.path.join(out_dir, name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    counts = np.zeros(256, np.int64)
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for item in items:
+                record, histogram = encode_fn(item)
+                writer.write(record)
+                counts += histogram
+        # Stats first, shard last: a shard under its final name always has its stats.
+        _atomic_write_text(_stats_path(out_dir, name),
+                           json.dumps({"images": len(items), "pixel_counts": counts.tolist()}))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return index, len(items), counts
+
+
+def _finished_shard(out_dir, name):
+    """(images, counts) of a shard a previous run completed, or None."""
+    stats = _stats_path(out_dir, name)
+    if not (os.path.exists(os.path.join(out_dir, name)) and os.path.exists(stats)):
+        return None
+    with open(stats) as f:
+        data = json.load(f)
+    return data["images"], np.asarray(data["pixel_counts"], np.int64)
+
+
+def _check_no_other_sharding(out_dir, split, num_shards):
+    pattern = re.compile(rf"{re.escape(split)}-\d{{5}}-of-(\d{{5}})\.tfrecord$")
+    others = sorted(f for f in os.listdir(out_dir)
+                    if (m := pattern.match(f)) and int(m.group(1)) != num_shards)
+    if others:
+        raise FileExistsError(
+            f"{out_dir} already holds {split} shards of a different count (e.g. {others[0]}); "
+            f"delete them or pass the same number of shards as before ({num_shards} requested)")
+
+
+def worker_pool(workers=None):
+    """A process pool to share between `write_shards` calls (None when `workers` is 1).
+
+    spawn, not fork: forking a process that has already run TensorFlow can deadlock.
+    """
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        return contextlib.nullcontext(None)
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, pool=None,
+                 log=print):
+    """Encode `items` with `encode_fn` into `num_shards` TFRecord files in `out_dir`.
+
+    Args:
+        out_dir: output directory (created if missing).
+        split: name prefix of the shards, e.g. "train".
+        items: picklable descriptions of the examples (e.g. file pairs, or seeds).
+        encode_fn: picklable top-level function `item -> (serialized example, label histogram)`.
+        num_shards: number of shards; shard i holds items[i::num_shards].
+        workers: processes to use (default: CPU count); 1 encodes in this process.
+        pool: an executor from `worker_pool` to reuse (then `workers` is ignored); starting
+            processes that import TensorFlow takes seconds, so converters share one per run.
+        log: where progress lines go (`print` by default; `None` for silence).
+
+    Returns:
+        A `ConversionSummary`. Shards that already exist (from an interrupted run) are skipped.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    log = log or (lambda *_: None)
+    os.makedirs(os.path.join(out_dir, _STATS_DIR), exist_ok=True)
+    _check_no_other_sharding(out_dir, split, num_shards)
+    # Temporary files left by a killed run are not shards; remove them before starting again.
+    for stale in glob.glob(os.path.join(out_dir, f"{split}-*.tfrecord.tmp-*")):
+        os.remove(stale)
+
+    summary = ConversionSummary(split, 0, np.zeros(256, np.int64))
+    todo = []
+    for index in range(num_shards):
+        done = _finished_shard(out_dir, shard_name(split, index, num_shards))
+        if done is None:
+            todo.append(index)
+        else:
+            summary.images += done[0]
+            summary.pixel_counts += done[1]
+    if len(todo) < num_shards:
+        log(f"[{split}] resuming: {num_shards - len(todo)} of {num_shards} shards already written")
+
+    start = time.time()
+    total = len(items)
+
+    def record(result, finished):
+        _, images, counts = result
+        summary.images += images
+        summary.pixel_counts += counts
+        log(f"[{split}] shard {finished}/{len(todo)} written, {summary.images}/{total} images, "
+            f"{time.time() - start:.1f}s")
+
+    jobs = [(out_dir, split, i, num_shards, items[i::num_shards], encode_fn) for i in todo]
+    if pool is None and (workers == 1 or len(jobs) <= 1):
+        for finished, job in enumerate(jobs, 1):
+            record(_write_shard(*job), finished)
+        return summary
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(worker_pool(min(workers or os.cpu_count() or 1, len(jobs))))
+        futures = [pool.submit(_write_shard, *job) for job in jobs]
+        for finished, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            record(future.result(), finished)
+    return summary
