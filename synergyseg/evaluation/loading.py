@@ -1,0 +1,110 @@
+"""What evaluation needs from a run folder or a `.keras` file: the model, its dataset and its data."""
+
+import colorsys
+import glob
+import json
+import os
+
+import keras
+
+import synergyseg  # noqa: F401  (registers the custom layers before a model is loaded)
+from synergyseg.data import CITYSCAPES, SYNTHETIC, DatasetInfo, mapillary_info
+from synergyseg.data.info import NUM_CITYSCAPES_LABEL_IDS
+
+# A run folder's checkpoints, best first (train.py writes them).
+RUN_MODEL_FILES = ("best.keras", "final.keras")
+DATASETS = ("synthetic", "cityscapes", "mapillary")
+
+
+def resolve_model(run_or_model):
+    """`(model_path, config dict or None)` for a run folder (best.keras, else final.keras) or a `.keras` file."""
+    if os.path.isdir(run_or_model):
+        for name in RUN_MODEL_FILES:
+            path = os.path.join(run_or_model, name)
+            if os.path.isfile(path):
+                return path, read_config(os.path.join(run_or_model, "config.json"))
+        raise FileNotFoundError(
+            f"run folder {run_or_model!r} holds neither {' nor '.join(RUN_MODEL_FILES)}; has training "
+            "finished an epoch?")
+    if not os.path.isfile(run_or_model):
+        raise FileNotFoundError(f"RUN_OR_MODEL {run_or_model!r} is neither a run folder nor a file")
+    if not run_or_model.endswith(".keras"):
+        raise ValueError(f"RUN_OR_MODEL {run_or_model!r}: expected a run folder or a .keras file")
+    # A model inside a run folder still has that run's config beside it.
+    config = read_config(os.path.join(os.path.dirname(os.path.abspath(run_or_model)), "config.json"))
+    return run_or_model, config
+
+
+def read_config(path):
+    """The run's config.json as a dict, or None if there is none."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def load_model(path):
+    """Loads a `.keras` model with safe_mode (no arbitrary code)."""
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises many types; the file name is what the user needs.
+        raise ValueError(f"could not load model {path!r}: {e}") from e
+
+
+def num_outputs(model):
+    """Number of classes a segmentation model predicts (its output's last axis)."""
+    shape = model.output_shape
+    if isinstance(shape, dict):
+        shape = shape["fused"]
+    return int(shape[-1])
+
+
+def generic_info(num_classes):
+    """Class names "class_0".. and an evenly spread hue palette, for data with no known dataset."""
+    colors = tuple(tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / num_classes, 0.75, 0.9))
+                   for i in range(num_classes))
+    return DatasetInfo("unknown", num_classes, tuple(f"class_{i}" for i in range(num_classes)), colors)
+
+
+def dataset_info(dataset, num_classes, mapillary_config=None):
+    """`(DatasetInfo, number of label values in the source data)` for a dataset name.
+
+    The second number is what the paper's tables state beside the scored classes: Cityscapes has
+    34 label ids of which 19 are scored, Mapillary Vistas v1.2 66 labels of which 65 are scored.
+    """
+    if dataset == "cityscapes":
+        info, labels = CITYSCAPES, NUM_CITYSCAPES_LABEL_IDS
+    elif dataset == "synthetic":
+        info, labels = SYNTHETIC, SYNTHETIC.num_classes
+    elif dataset == "mapillary":
+        if not mapillary_config:
+            raise ValueError("dataset 'mapillary' needs the Mapillary config.json (--mapillary-config)")
+        info = mapillary_info(mapillary_config)
+        with open(mapillary_config) as f:
+            labels = len(json.load(f)["labels"])
+    elif dataset in (None, "", "unknown"):
+        info = generic_info(num_classes)
+        labels = num_classes
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if info.num_classes != num_classes:
+        raise ValueError(
+            f"the model predicts {num_classes} classes but dataset {dataset!r} has {info.num_classes}; "
+            "pass the dataset the model was trained on (--dataset)")
+    return info, labels
+
+
+def validation_pattern(config):
+    """The run's validation TFRecord glob from its config (val_pattern, else data_dir/val-*)."""
+    if not config:
+        return None
+    pattern = config.get("val_pattern")
+    data_dir = config.get("data_dir")
+    if pattern and not glob.glob(pattern) and data_dir and not os.path.isabs(pattern):
+        pattern = os.path.join(data_dir, pattern)
+    if not pattern and data_dir:
+        pattern = os.path.join(data_dir, "val-*.tfrecord")
+    return pattern
