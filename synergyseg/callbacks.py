@@ -1,0 +1,190 @@
+"""Callbacks the training run adds to Keras's own: per-class IoU, validation images, safe saving."""
+
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from synergyseg.curves import plot_training_curves
+
+
+def find_mean_iou(model):
+    """The compiled `keras.metrics.MeanIoU` of `model` (after at least one train/eval step)."""
+    pending = list(model.metrics)
+    while pending:
+        metric = pending.pop(0)
+        if isinstance(metric, keras.metrics.MeanIoU):
+            return metric
+        pending.extend(getattr(metric, "metrics", []) or [])
+    raise ValueError(f"Model {model.name!r} was not compiled with a keras.metrics.MeanIoU")
+
+
+def iou_per_class(confusion):
+    """IoU of each class from a (true, predicted) confusion matrix; NaN for a class never seen."""
+    confusion = np.asarray(confusion, np.float64)
+    inter = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan)
+
+
+def log_name(class_name):
+    """A class name as a log key: lower case, runs of other characters -> "_"."""
+    return re.sub(r"[^0-9a-z]+", "_", class_name.lower()).strip("_")
+
+
+class PerClassIoU(keras.callbacks.Callback):
+    """Adds `val_iou_<class>` (or `iou_<class>` without validation) to each epoch's logs.
+
+    Reads the confusion matrix the compiled MeanIoU already accumulated, so it costs no extra
+    pass: after `fit` validates, the metric holds the validation counts. Put it before
+    CSVLogger and TensorBoard in the callback list so they record its values.
+    """
+
+    def __init__(self, class_names):
+        super().__init__()
+        self.class_names = list(class_names)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        metric = find_mean_iou(self.model)
+        if metric.num_classes != len(self.class_names):
+            raise ValueError(
+                f"PerClassIoU has {len(self.class_names)} class names for a MeanIoU of "
+                f"{metric.num_classes} classes")
+        prefix = "val_iou_" if any(k.startswith("val_") for k in logs) else "iou_"
+        for name, iou in zip(self.class_names, iou_per_class(metric.total_cm.numpy())):
+            logs[prefix + log_name(name)] = float(iou)
+
+
+class AliasLogs(keras.callbacks.Callback):
+    """Copies log entries to other names, e.g. `val_fused_mean_iou` -> `val_mean_iou`.
+
+    With the auxiliary loss the model has dict outputs and Keras prefixes the metric with the
+    output's name; the alias keeps `val_mean_iou` the one name to monitor.
+    """
+
+    def __init__(self, aliases):
+        super().__init__()
+        self.aliases = dict(aliases)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for source, target in self.aliases.items():
+            for prefix in ("", "val_"):
+                if logs is not None and prefix + source in logs:
+                    logs[prefix + target] = logs[prefix + source]
+
+
+class LogLearningRate(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to each epoch's logs as `learning_rate`."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
+    """Keras's TerminateOnNaN that raises an error saying which step failed and what to try."""
+
+    def __init__(self):
+        super().__init__(raise_error=True)
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            step = int(self.model.optimizer.iterations.numpy())
+            raise FloatingPointError(
+                f"Training loss became {float(loss)} at step {step} (batch {batch}); stopping. "
+                "Try a lower learning_rate, --clipnorm 1.0, a warm-up (--warmup-steps), or "
+                "training without --mixed-precision. The last good state is in RUN/backup.")
+
+
+class SafeModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint that never leaves a half-written file at `filepath`.
+
+    Keras writes the file in place; here it writes `<name>.partial.keras` and renames it over
+    `filepath` (atomic on one file system), so a run killed while saving keeps the previous
+    best model. Takes ModelCheckpoint's arguments.
+    """
+
+    def __init__(self, filepath, **kwargs):
+        root, ext = os.path.splitext(filepath)
+        self.final_path = filepath
+        super().__init__(f"{root}.partial{ext}", **kwargs)
+
+    def _commit(self):
+        if os.path.exists(self.filepath):
+            os.replace(self.filepath, self.final_path)
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        self._commit()
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._commit()
+
+
+def colorize(label, colors):
+    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette (255) are black."""
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(colors)] = np.asarray(colors, np.uint8)
+    return palette[np.asarray(label, np.int64).clip(0, 255)]
+
+
+class ValidationImages(keras.callbacks.Callback):
+    """Writes image, label, prediction and uncertainty mask of a few validation images to TensorBoard.
+
+    Args:
+        images, labels: numpy batches (N, H, W, 3) float in [0, 255] and (N, H, W) ids.
+        colors: RGB tuple per class (`DatasetInfo.colors`).
+        log_dir: TensorBoard directory (a subfolder "images" is written).
+        scale_model: a model sharing the trained weights with dict outputs "fused" and
+            "uncertainty" (`synergyseg.with_fusion(model, scale_outputs=True)`).
+    """
+
+    def __init__(self, images, labels, colors, log_dir, scale_model):
+        super().__init__()
+        self.images = np.asarray(images, np.float32)
+        self.labels = np.asarray(labels)
+        self.colors = colors
+        self.log_dir = os.path.join(log_dir, "images")
+        self.scale_model = scale_model
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        outputs = self.scale_model.predict(self.images, batch_size=1, verbose=0)
+        prediction = np.argmax(outputs["fused"], axis=-1)
+        panels = {
+            "image": self.images.clip(0, 255).astype(np.uint8),
+            "label": colorize(self.labels, self.colors),
+            "prediction": colorize(prediction, self.colors),
+            "uncertainty": outputs["uncertainty"].astype(np.float32),
+        }
+        with self._writer.as_default(step=epoch + 1):
+            for name, batch in panels.items():
+                tf.summary.image(f"validation/{name}", batch, max_outputs=len(self.images))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class TrainingCurves(keras.callbacks.Callback):
+    """Draws `history_csv` (the CSVLogger file, all resumed parts) to `png_path` when training ends."""
+
+    def __init__(self, history_csv, png_path):
+        super().__init__()
+        self.history_csv = history_csv
+        self.png_path = png_path
+
+    def on_train_end(self, logs=None):
+        if os.path.exists(self.history_csv):
+            plot_training_curves(self.history_csv, self.png_path)

@@ -1,0 +1,228 @@
+"""One run's configuration (`RunConfig`), the named presets, and the dataset each run reads.
+
+    config = preset("cityscapes", data_dir="data/cityscapes", batch_size=4)
+    config.to_json("runs/x/config.json")
+    same = RunConfig.from_json("runs/x/config.json")
+"""
+
+import dataclasses
+import json
+import os
+
+from synergyseg.data import info as data_info
+
+DATASETS = ("synthetic", "cityscapes", "mapillary")
+STRATEGIES = ("auto", "mirrored", "multiworker", "one")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a training run depends on; saved as `RUN/config.json` so a run can be repeated.
+
+    Sizes are (height, width). `batch_size` is per replica: the global batch is
+    `batch_size * replicas`. `steps_per_epoch=None` means one pass over the training set.
+    """
+
+    preset: str = "synthetic"
+    dataset: str = "synthetic"
+    data_dir: str = "data/synthetic"
+    # Globs of TFRecord shards; None -> `data_dir/train-*.tfrecord` and `data_dir/val-*.tfrecord`.
+    train_pattern: str | None = None
+    val_pattern: str | None = None
+    mapillary_config: str | None = None
+    num_classes: int = 10
+    # Model (see `synergyseg.build_synergyseg`).
+    backbone: str = "resnet18"
+    output_stride: int = 16
+    fusion: str = "uncertainty"
+    backbone_weights: str | None = None
+    backbone_width: int = 64
+    head_filters: int = 256
+    low_level_filters: int = 48
+    dropout: float = 0.1
+    # Data.
+    crop_size: tuple = (128, 256)
+    scale_range: tuple | None = (0.5, 2.0)
+    flip: bool = True
+    jitter: bool = False
+    eval_resize_factor: float | None = None
+    val_limit: int | None = None
+    # Recipe (the paper's section IV in the cityscapes preset).
+    batch_size: int = 8
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    learning_rate: float = 0.01
+    end_learning_rate: float = 0.0
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    aux_loss_weight: float = 0.0
+    clipnorm: float | None = None
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    strategy: str = "auto"
+    seed: int = 0
+    run_dir: str = "runs/synthetic"
+    tensorboard_images: int = 3
+    # Synthetic set written when `data_dir` has none (synthetic preset only).
+    synthetic_train: int = 400
+    synthetic_val: int = 50
+    synthetic_size: tuple = (128, 256)
+
+    def __post_init__(self):
+        # JSON has no tuples; normalise so a config read back compares equal to the one written.
+        for name in ("crop_size", "scale_range", "synthetic_size"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(value))
+        self.validate()
+
+    def validate(self):
+        """Raises ValueError naming the field when a value cannot work."""
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset={self.dataset!r}: expected one of {DATASETS}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
+        if self.dataset == "mapillary" and not self.mapillary_config:
+            raise ValueError("dataset='mapillary' needs mapillary_config (the Vistas config.json)")
+        if len(self.crop_size) != 2 or min(self.crop_size) < 8:
+            raise ValueError(f"crop_size={self.crop_size}: expected (height, width), each >= 8")
+        for name in ("num_classes", "batch_size", "epochs"):
+            if getattr(self, name) < 1 + (name == "num_classes"):
+                raise ValueError(f"{name}={getattr(self, name)} is too small")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch={self.steps_per_epoch}: expected >= 1 or None")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.aux_loss_weight < 0:
+            raise ValueError("learning_rate must be > 0; weight_decay and aux_loss_weight >= 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps}: expected >= 0")
+
+    @property
+    def train_files(self):
+        return self.train_pattern or os.path.join(self.data_dir, "train-*.tfrecord")
+
+    @property
+    def val_files(self):
+        return self.val_pattern or os.path.join(self.data_dir, "val-*.tfrecord")
+
+    def replace(self, **overrides):
+        """A copy with `overrides` applied; unknown names raise with the list of fields."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"Unknown RunConfig field(s) {unknown}; fields: {field_names()}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self, path):
+        """Writes the config atomically (temp file, then rename)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_dict(cls, values):
+        unknown = sorted(set(values) - set(field_names()))
+        if unknown:
+            raise ValueError(f"Unknown RunConfig field(s) {unknown}; fields: {field_names()}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Run config not found: {path}")
+        with open(path) as f:
+            try:
+                values = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+
+def field_names():
+    return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+PRESETS = {
+    # The main job: small enough for ~10 minutes on 2 CPU cores (see README for what it reaches).
+    "synthetic": RunConfig(),
+    # The paper's recipe (section IV): ResNet-50, SGD momentum 0.9, weight decay 5e-4, batch 2 per
+    # GPU, lr 0.01 with polynomial decay, 150 epochs. The crop is not in the paper; 768x768 is the
+    # common Cityscapes crop (DeepLab uses 769) that fits batch 2 of the two-scale ResNet-50 in 12 GB.
+    "cityscapes": RunConfig(
+        preset="cityscapes", dataset="cityscapes", data_dir="data/cityscapes", num_classes=19,
+        backbone="resnet50", crop_size=(768, 768), batch_size=2, epochs=150,
+        run_dir="runs/cityscapes", synthetic_train=0, synthetic_val=0),
+    # Mapillary Vistas v1.2: 66 labels of which 65 are scored (the 66th, "unlabeled", -> 255).
+    # 1024x1024 crops of images whose shorter side the converter resized (the paper crops to
+    # 2177x1632 to save memory; a crop of that size does not fit batch 2 on a 24 GB card).
+    "mapillary": RunConfig(
+        preset="mapillary", dataset="mapillary", data_dir="data/mapillary",
+        mapillary_config="data/mapillary/config.json", num_classes=65, backbone="resnet50",
+        crop_size=(1024, 1024), batch_size=2, epochs=150, run_dir="runs/mapillary",
+        synthetic_train=0, synthetic_val=0),
+}
+
+
+def preset(name, **overrides):
+    """The named preset with `overrides` applied (e.g. `preset("cityscapes", batch_size=4)`)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+def dataset_info(config):
+    """The `DatasetInfo` (class names, colours) of the dataset `config` trains on."""
+    if config.dataset == "synthetic":
+        found = data_info.SYNTHETIC
+    elif config.dataset == "cityscapes":
+        found = data_info.CITYSCAPES
+    else:
+        found = data_info.mapillary_info(config.mapillary_config)
+    if found.num_classes != config.num_classes:
+        raise ValueError(
+            f"num_classes={config.num_classes} but dataset {config.dataset!r} has "
+            f"{found.num_classes} classes")
+    return found
+
+
+
+def _field_type(name):
+    """int, float, bool, str or tuple: what a field holds when it is not None."""
+    annotation = {f.name: f.type for f in dataclasses.fields(RunConfig)}[name]
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    for kind in ("tuple", "bool", "int", "float"):
+        if text.startswith(kind) or f"'{kind}'" in text or f"<class '{kind}'>" in text:
+            return {"tuple": tuple, "bool": bool, "int": int, "float": float}[kind]
+    return str
+
+
+def parse_field(name, text):
+    """A command-line string as the value of field `name` ("none" -> None, "128x256" -> (128, 256))."""
+    if name not in field_names():
+        raise ValueError(f"Unknown RunConfig field {name!r}")
+    kind = _field_type(name)
+    if text.lower() == "none" and kind is not str:
+        return None
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name}: expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    if kind is tuple:
+        parts = text.lower().replace("x", ",").split(",")
+        try:
+            return tuple(float(p) if "." in p else int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"{name}: expected numbers like 128x256 or 0.5,2.0, got {text!r}") from None
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected {kind.__name__}, got {text!r}") from None

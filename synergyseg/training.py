@@ -1,0 +1,280 @@
+"""The training run behind `train.py`: data, model, the paper's recipe on `model.fit`, the run folder.
+
+    from synergyseg.config import preset
+    from synergyseg.training import train
+    result = train(preset("synthetic", epochs=2, run_dir="runs/try"))
+
+Run folder: config.json, best.keras (best val_mean_iou), final.keras, history.csv,
+training_curves.png, metrics.json, backup/ (BackupAndRestore, removed when training ends),
+tensorboard/.
+"""
+
+import glob
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import synergyseg
+from synergyseg import callbacks as cb
+from synergyseg import data
+from synergyseg.config import dataset_info
+from synergyseg.distribute import is_chief, make_strategy, task_index, train_multi_worker
+from synergyseg.losses import AUX_OUTPUTS, compile_arguments, mean_iou, segmentation_loss
+from synergyseg.schedules import WarmupPolynomialDecay
+
+
+def ensure_synthetic_data(config, log=print):
+    """Writes the synthetic set into `config.data_dir` unless its shards are already there."""
+    if config.dataset != "synthetic" or (glob.glob(config.train_files) and glob.glob(config.val_files)):
+        return
+    height, width = config.synthetic_size
+    log(f"Generating the synthetic set in {config.data_dir} ({config.synthetic_train} train, "
+        f"{config.synthetic_val} val, {height}x{width})")
+    data.synthetic.generate(config.data_dir, num_train=config.synthetic_train,
+                            num_val=config.synthetic_val, height=height, width=width,
+                            seed=config.seed, log=log)
+
+
+def count_examples(file_pattern):
+    """Number of records in the TFRecord files of `file_pattern` (reads them once)."""
+    files = data.pipeline.list_files(file_pattern)
+    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def build_model(config):
+    """The SynergySeg model of `config` (dict outputs when the auxiliary loss is on)."""
+    return synergyseg.build_synergyseg(
+        config.num_classes, backbone=config.backbone, output_stride=config.output_stride,
+        fusion=config.fusion, backbone_weights=config.backbone_weights,
+        scale_outputs=bool(config.aux_loss_weight), backbone_width=config.backbone_width,
+        head_filters=config.head_filters, low_level_filters=config.low_level_filters,
+        dropout=config.dropout)
+
+
+def training_model(model):
+    """`model` itself, or with dict outputs: only those that get a loss ("fused", "s_lo", "s_hi")."""
+    if not isinstance(model.output, dict):
+        return model
+    names = ("fused",) + AUX_OUTPUTS
+    return keras.Model(model.input, {k: model.output[k] for k in names}, name=model.name)
+
+
+def inference_model(model):
+    """A single-output model sharing `model`'s weights (what best/final.keras hold)."""
+    return model if not isinstance(model.output, dict) else synergyseg.with_fusion(model)
+
+
+def make_optimizer(config, total_steps):
+    """SGD with momentum, decoupled weight decay and the polynomial (warm-up) schedule.
+
+    Keras applies `weight_decay` as `w -= lr * weight_decay * w` after the momentum update;
+    the paper's frameworks add `weight_decay * w` to the gradient (L2), which then also flows
+    through the momentum buffer. Batch-norm scales/offsets and biases are decayed too, as in
+    the paper's frameworks with default settings.
+    """
+    schedule = WarmupPolynomialDecay(
+        config.learning_rate, total_steps, end_learning_rate=config.end_learning_rate,
+        power=config.poly_power, warmup_steps=config.warmup_steps)
+    return keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                weight_decay=config.weight_decay or None, clipnorm=config.clipnorm)
+
+
+def steps_per_epoch(config, global_batch, log=print):
+    if config.steps_per_epoch:
+        return config.steps_per_epoch
+    examples = count_examples(config.train_files)
+    steps = max(1, examples // global_batch)
+    log(f"{examples} training examples, global batch {global_batch}: {steps} steps per epoch")
+    return steps
+
+
+def _train_dataset(config, global_batch, input_context=None):
+    ds = data.train_dataset(
+        config.train_files, global_batch, config.crop_size, scale_range=config.scale_range,
+        flip=config.flip, jitter=config.jitter, seed=config.seed, input_context=input_context)
+    # Repeat so every epoch has exactly steps_per_epoch steps, also after a resume.
+    return ds.repeat()
+
+
+def _with_dict_labels(ds, model):
+    if not isinstance(model.output, dict):
+        return ds
+    return ds.map(lambda x, y: (x, {name: y for name in model.output}))
+
+
+def val_dataset(config, batch_size=1):
+    return data.eval_dataset(config.val_files, batch_size, resize_factor=config.eval_resize_factor,
+                             limit=config.val_limit)
+
+
+def _first_val_examples(config, count):
+    images, labels = [], []
+    for image, label in val_dataset(config).take(count):
+        images.append(image[0].numpy())
+        labels.append(label[0].numpy())
+    return np.stack(images), np.stack(labels)
+
+
+def _best_so_far(history_csv, key="val_mean_iou"):
+    """Best `key` a resumed run already recorded, so its first new epoch cannot overwrite best.keras."""
+    if not os.path.exists(history_csv):
+        return None
+    from synergyseg.curves import read_history
+    values = [v for v in read_history(history_csv).get(key, []) if np.isfinite(v)]
+    return max(values) if values else None
+
+
+def make_callbacks(config, model, fit_model, info, extra=()):
+    """The run's callbacks, in the order they must run (per-class IoU before the loggers)."""
+    run = config.run_dir
+    history_csv = os.path.join(run, "history.csv")
+    callbacks = []
+    if fit_model is not model:
+        callbacks.append(cb.AliasLogs({"fused_mean_iou": "mean_iou"}))
+    callbacks += [
+        cb.PerClassIoU(info.class_names),
+        cb.LogLearningRate(),
+        cb.TerminateOnNaN(),
+        keras.callbacks.BackupAndRestore(os.path.join(run, "backup")),
+        cb.SafeModelCheckpoint(os.path.join(run, "best.keras"), monitor="val_mean_iou", mode="max",
+                               save_best_only=True,
+                               initial_value_threshold=_best_so_far(history_csv)),
+        keras.callbacks.CSVLogger(history_csv, append=True),
+        keras.callbacks.TensorBoard(os.path.join(run, "tensorboard"), write_graph=False),
+    ]
+    if config.tensorboard_images:
+        images, labels = _first_val_examples(config, config.tensorboard_images)
+        callbacks.append(cb.ValidationImages(
+            images, labels, info.colors, os.path.join(run, "tensorboard"),
+            synergyseg.with_fusion(model, scale_outputs=True)))
+    callbacks.append(cb.TrainingCurves(history_csv, os.path.join(run, "training_curves.png")))
+    return callbacks + list(extra)
+
+
+def _check_run_dir(config):
+    """Refuses a run folder that holds another run, or a finished one (nothing is overwritten)."""
+    saved = os.path.join(config.run_dir, "config.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            previous = json.load(f)
+        if previous != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(
+                f"{config.run_dir} holds a run with another configuration ({saved}); pass another "
+                f"--run-dir, or --config {saved} to resume that run")
+    if os.path.exists(os.path.join(config.run_dir, "final.keras")) and not os.path.isdir(
+            os.path.join(config.run_dir, "backup")):
+        raise ValueError(f"{config.run_dir} holds a finished run (final.keras); pass another --run-dir")
+
+
+def save_model(model, path):
+    """Saves a `.keras` file atomically."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.partial{ext}"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def evaluate_model(model, config, info, log=print):
+    """Validation mean IoU, per-class IoU and the mIoU of a constant prediction (metrics.json).
+
+    Kept in one function so the full evaluation of `evaluate.py` can replace it.
+    """
+    model = inference_model(model)
+    model.compile(metrics=[mean_iou(config.num_classes)], jit_compile=False)
+    model.evaluate(val_dataset(config), verbose=0)
+    confusion = cb.find_mean_iou(model).total_cm.numpy()
+    per_class = cb.iou_per_class(confusion)
+    pixels = confusion.sum(1)
+    present = int((pixels > 0).sum())
+    # Predicting the most frequent class everywhere: its IoU is its pixel share, others score 0.
+    constant = float(pixels.max() / pixels.sum() / present) if present else float("nan")
+    metrics = {
+        "mean_iou": float(np.nanmean(per_class)),
+        "constant_prediction_mean_iou": constant,
+        "per_class_iou": {name: (None if np.isnan(v) else float(v))
+                          for name, v in zip(info.class_names, per_class)},
+        "val_pixels": int(pixels.sum()),
+    }
+    log(f"validation mean IoU {metrics['mean_iou']:.4f} (constant prediction {constant:.4f})")
+    return metrics
+
+
+def _write_json(values, path):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(values, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def train(config, *, extra_callbacks=(), log=print):
+    """Trains, evaluates and fills `config.run_dir`; resumes from RUN/backup if a run was killed.
+
+    Returns a dict: "history" (per-epoch logs of this call), "metrics" (metrics.json),
+    "steps" (optimizer steps in total), "seconds".
+    """
+    start = time.time()
+    info = dataset_info(config)
+    _check_run_dir(config)
+    os.makedirs(config.run_dir, exist_ok=True)
+    config.to_json(os.path.join(config.run_dir, "config.json"))
+    ensure_synthetic_data(config, log)
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        strategy = make_strategy(config.strategy)
+        global_batch = config.batch_size * strategy.num_replicas_in_sync
+        steps = steps_per_epoch(config, global_batch, log)
+        with strategy.scope():
+            model = build_model(config)
+            fit_model = training_model(model)
+            optimizer = make_optimizer(config, steps * config.epochs)
+        if config.strategy == "multiworker":
+            return _train_multi_worker(config, model, optimizer, strategy, steps, info, start, log)
+        with strategy.scope():
+            fit_model.compile(optimizer=optimizer, jit_compile=config.jit_compile,
+                              **compile_arguments(config.num_classes, config.aux_loss_weight))
+        val_batch = strategy.num_replicas_in_sync
+        history = fit_model.fit(
+            _with_dict_labels(_train_dataset(config, global_batch), fit_model),
+            epochs=config.epochs, steps_per_epoch=steps,
+            validation_data=_with_dict_labels(val_dataset(config, val_batch), fit_model),
+            callbacks=make_callbacks(config, model, fit_model, info, extra_callbacks), verbose=2)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    save_model(inference_model(model), os.path.join(config.run_dir, "final.keras"))
+    metrics = evaluate_model(model, config, info, log)
+    _write_json(metrics, os.path.join(config.run_dir, "metrics.json"))
+    return {"history": history.history, "metrics": metrics,
+            "steps": int(optimizer.iterations.numpy()), "seconds": time.time() - start}
+
+
+def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, log):
+    """`train` for MultiWorkerMirroredStrategy: custom step; only the chief writes the run folder."""
+    chief = is_chief(strategy)
+    run = config.run_dir if chief else os.path.join(config.run_dir, f"worker-{task_index()}")
+    os.makedirs(run, exist_ok=True)
+    callbacks = [keras.callbacks.CSVLogger(os.path.join(run, "history.csv"))] if chief else []
+    losses = train_multi_worker(
+        model, optimizer, segmentation_loss(),
+        lambda context: _train_dataset(config, config.batch_size * strategy.num_replicas_in_sync,
+                                       context),
+        epochs=config.epochs, steps_per_epoch=steps, strategy=strategy, callbacks=callbacks,
+        log=log if chief else (lambda *_: None))
+    result = {"history": {"loss": losses}, "steps": int(optimizer.iterations.numpy()),
+              "seconds": time.time() - start, "metrics": None}
+    if chief:
+        # A copy outside the strategy: Keras cannot evaluate under MultiWorkerMirroredStrategy.
+        single = build_model(config)
+        single.set_weights([np.asarray(w) for w in model.get_weights()])
+        save_model(inference_model(single), os.path.join(run, "final.keras"))
+        result["metrics"] = evaluate_model(single, config, info, log)
+        _write_json(result["metrics"], os.path.join(run, "metrics.json"))
+    return result
