@@ -1,0 +1,107 @@
+"""evaluate.py end to end on a tiny saved model and a few synthetic validation records."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import evaluate
+import synergyseg
+from synergyseg.data import SYNTHETIC, decode_example, synthetic
+from synergyseg.evaluation import ABLATION_FUSIONS, figures
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    synthetic.generate(str(root / "data"), num_train=0, num_val=4, height=40, width=56, seed=3,
+                       num_shards=1, workers=1, log=None)
+    run = root / "run"
+    run.mkdir()
+    model = synergyseg.build_synergyseg(SYNTHETIC.num_classes, backbone="resnet18", backbone_width=8,
+                                        head_filters=16, low_level_filters=8)
+    model.save(run / "best.keras")
+    (run / "config.json").write_text(json.dumps(
+        {"dataset": "synthetic", "data_dir": str(root / "data"), "val_pattern": "val-*.tfrecord",
+         "num_classes": SYNTHETIC.num_classes}))
+    return run
+
+
+def _numpy_mean_iou(model, pattern, num_classes):
+    """mIoU of model.predict over the records, from pixel sets (no confusion matrix)."""
+    labels, predictions = [], []
+    for record in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern)):
+        image, label = decode_example(record)
+        probabilities = model.predict(tf.cast(image, tf.float32)[None], verbose=0)[0]
+        labels.append(label.numpy().ravel().astype(np.int64))
+        predictions.append(probabilities.argmax(-1).ravel())
+    labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+    keep = labels != 255
+    ious = []
+    for c in range(num_classes):
+        union = np.sum(keep & ((labels == c) | (predictions == c)))
+        if union:
+            ious.append(np.sum(keep & (labels == c) & (predictions == c)) / union)
+    return float(np.mean(ious))
+
+
+def test_run_folder_writes_every_table_and_figure(run_dir, capsys):
+    results = evaluate.main([str(run_dir), "--speed-size", "40x56", "--speed-warmup", "1",
+                             "--speed-iterations", "2", "--figures", "2", "--no-progress"])
+    out = run_dir / "evaluation"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["dataset"] == "synthetic" and saved["scored_classes"] == 10 and saved["images"] == 4
+
+    # Table I equals an independent computation from model.predict on the same records.
+    model = synergyseg.evaluation.loading.load_model(str(run_dir / "best.keras"))
+    expected = _numpy_mean_iou(model, str(run_dir.parent / "data" / "val-*.tfrecord"), 10)
+    assert saved["accuracy"]["mean_iou"] == pytest.approx(expected, abs=1e-9)
+    with open(out / "accuracy.csv") as f:
+        rows = {r["class"]: r for r in csv.DictReader(f)}
+    assert float(rows["mean_iou"]["model"]) == pytest.approx(expected, abs=1e-6)
+    assert set(rows) >= set(SYNTHETIC.class_names)
+
+    # The ablation: five fusions from the same weights; eq. 1 is the model's own fusion.
+    assert list(saved["ablation"]) == list(ABLATION_FUSIONS)
+    assert saved["ablation"]["uncertainty"] == saved["accuracy"]
+    with open(out / "ablation.csv") as f:
+        assert next(csv.reader(f)) == ["class_id", "class", *ABLATION_FUSIONS]
+
+    # Speed: both models, on the named device, with the asked number of timed calls.
+    assert [m["model"] for m in saved["speed"]] == ["two-scale", "single-scale"]
+    for m in saved["speed"]:
+        assert m["fps"] > 0 and len(m["latency_ms"]) == 2 and m["device"]
+        assert m["latency_ms_p90"] >= m["latency_ms_median"] > 0
+
+    grid = figures.grid_size_px(2, 40, 56, 10)
+    for name, size in (("qualitative", grid), ("per_class_iou", figures.IOU_CHART_PX),
+                       ("confusion_matrix", figures.CONFUSION_PX)):
+        with tf.io.gfile.GFile(str(out / "figures" / f"{name}.png"), "rb") as f:
+            assert tf.io.decode_png(f.read()).shape[:2] == (size[1], size[0])
+    report = (out / "report.md").read_text()
+    assert "## Fusion ablation" in report and "## Speed" in report
+    assert "10 scored classes of 10 label values" in capsys.readouterr().out
+
+
+def test_options_flip_resize_limit(run_dir, tmp_path):
+    results = evaluate.main([str(run_dir / "best.keras"), "--out", str(tmp_path), "--flip",
+                             "--resize-factor", "0.5", "--limit", "3", "--no-speed", "--figures", "0",
+                             "--fusions", "low,uncertainty", "--no-progress"])
+    assert results["images"] == 3 and results["flip"] and results["resize_factor"] == 0.5
+    assert list(results["ablation"]) == ["low", "uncertainty"]
+    assert "speed" not in results and not (tmp_path / "figures").exists()
+    assert sorted(os.listdir(tmp_path)) == ["ablation.csv", "accuracy.csv", "confusion_matrix.csv",
+                                            "report.md", "results.json"]
+
+
+def test_bad_inputs_name_the_problem(run_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        evaluate.main([str(tmp_path / "nowhere"), "--no-speed"])
+    with pytest.raises(FileNotFoundError, match="matches no TFRecord"):
+        evaluate.main([str(run_dir), "--data", str(tmp_path / "*.tfrecord"), "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="predicts 10 classes"):
+        evaluate.main([str(run_dir), "--dataset", "cityscapes", "--out", str(tmp_path)])
