@@ -183,8 +183,8 @@ def _person(canvas, rng, yb, xc, ppm):
 
 
 def _pole(canvas, rng, yb, xc, ppm):
-    """A pole 0.12-0.25 m thick and 4-7 m tall, with a sign on most: 1-3 px wide when far."""
-    width = max(rng.uniform(0.12, 0.25) * ppm, 1.0)
+    """A pole 0.1-0.2 m thick and 4-7 m tall, with a sign on most: 1-3 px wide when far."""
+    width = max(rng.uniform(0.1, 0.2) * ppm, 1.0)
     top = yb - rng.uniform(4.0, 7.0) * ppm
     canvas.rect(top, yb, xc - width / 2, xc - width / 2 + width, rng.uniform(95, 125, 3), POLE)
     if rng.random() < 0.6:
@@ -220,19 +220,25 @@ def render_scene(seed, height=256, width=512):
         d_end = width * rng.uniform(0.04, 0.3)
         _frontal_facade(canvas, rng, yh - d_end * rng.uniform(0.4, 1.5), yh + d_end / side_slope,
                         xv - d_end, xv + d_end, BUILDING)
+    unit = height / 256  # distances below are in rows of a 256-row image
+
+    def distance(near_fraction, far_rows):
+        """Rows below the horizon, log-uniform: as many far objects as near ones."""
+        low = far_rows * unit
+        return float(np.exp(rng.uniform(np.log(low), np.log(max(near_fraction * below, low)))))
+
     things = []  # (dy, kind, lateral position in units of dy)
     for _ in range(rng.integers(6, 14)):  # poles on both sidewalks, mostly far
         side = rng.choice([-1, 1]) * rng.uniform(road_slope * 1.05, side_slope * 0.95)
-        things.append((np.exp(rng.uniform(np.log(5), np.log(0.3 * below))), "pole", side))
-    for _ in range(rng.integers(3, 9)):
+        things.append((distance(0.25, 5), "pole", side))
+    for _ in range(rng.integers(4, 10)):
         side = rng.choice([-1, 1]) * rng.uniform(road_slope, side_slope)
-        things.append((np.exp(rng.uniform(np.log(3), np.log(0.45 * below))), "person", side))
+        things.append((distance(0.4, 3), "person", side))
     for _ in range(rng.integers(2, 7)):
-        things.append((np.exp(rng.uniform(np.log(2), np.log(0.6 * below))), "car",
-                       rng.uniform(-0.75, 0.75) * road_slope))
+        things.append((distance(0.6, 2), "car", rng.uniform(-0.75, 0.75) * road_slope))
     for _ in range(rng.integers(0, 4)):
         side = rng.choice([-1, 1]) * rng.uniform(road_slope * 1.1, side_slope)
-        things.append((np.exp(rng.uniform(np.log(4), np.log(0.4 * below))), "tree", side))
+        things.append((distance(0.4, 4), "tree", side))
     if rng.random() < 0.6:
         # A near truck: 40-70 % of the image height, so it overflows a small receptive field.
         truck_px = height * rng.uniform(0.4, 0.7)

@@ -49,7 +49,8 @@ def encode_example(image_bytes, label_png, *, filename, height, width, image_for
         "image/segmentation/class/encoded": _bytes(label_png),
         "image/segmentation/class/format": _bytes(b"png"),
     }))
-    return example.SerializeToString()
+    # deterministic=True sorts the feature map, so the same inputs give byte-identical shards.
+    return example.SerializeToString(deterministic=True)
 
 
 def decode_example(serialized):
