@@ -4,7 +4,7 @@
     python evaluate.py model.keras --data "data/cityscapes/val-*.tfrecord" --dataset cityscapes
     python evaluate.py runs/cityscapes --flip --resize-factor 0.5 --limit 100
     python evaluate.py runs/cityscapes --no-ablation --cityscapes-results results/
-    python evaluate.py runs/cityscapes --speed-size 1024x2048 --jit --precision mixed_float16
+    python evaluate.py runs/cityscapes --speed-only --speed-size 1024x2048 --jit --precision mixed_float16
 
 Writes report.md, results.json, accuracy.csv, ablation.csv, speed.csv, confusion_matrix.csv and
 figures/*.png into --out (default RUN/evaluation) and prints the tables.
@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--cityscapes-results", metavar="DIR",
                    help="also write label-id PNGs for the Cityscapes benchmark into DIR")
     p.add_argument("--no-speed", action="store_true", help="skip the FPS measurement")
+    p.add_argument("--speed-only", action="store_true",
+                   help="only time the model (no data needed; weights do not change the speed)")
     p.add_argument("--speed-size", type=_size, default=defaults.speed_size, metavar="HxW",
                    help="input size for timing (default: 1024x2048)")
     p.add_argument("--speed-batch-size", type=int, default=defaults.speed_batch_size)
@@ -69,7 +71,8 @@ def main(argv=None):
         mapillary_config=args.mapillary_config, batch_size=args.batch_size, limit=args.limit,
         resize_factor=args.resize_factor, flip=args.flip, ablation=fusions,
         num_figures=args.num_figures, cityscapes_results=args.cityscapes_results,
-        speed=not args.no_speed, speed_size=args.speed_size, speed_batch_size=args.speed_batch_size,
+        accuracy=not args.speed_only, speed=not args.no_speed, speed_size=args.speed_size,
+        speed_batch_size=args.speed_batch_size,
         speed_warmup=args.speed_warmup, speed_iterations=args.speed_iterations,
         jit_compile=args.jit, precision=args.precision, progress=not args.no_progress)
     return evaluate_model(options)

@@ -105,3 +105,12 @@ def test_bad_inputs_name_the_problem(run_dir, tmp_path):
         evaluate.main([str(run_dir), "--data", str(tmp_path / "*.tfrecord"), "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="predicts 10 classes"):
         evaluate.main([str(run_dir), "--dataset", "cityscapes", "--out", str(tmp_path)])
+
+
+def test_speed_only_needs_no_data(run_dir, tmp_path):
+    results = evaluate.main([str(run_dir / "best.keras"), "--speed-only", "--out", str(tmp_path),
+                             "--speed-size", "24x40", "--speed-batch-size", "2", "--speed-warmup", "1",
+                             "--speed-iterations", "2", "--data", str(tmp_path / "none-*.tfrecord")])
+    assert [(m["model"], m["height"], m["width"], m["batch_size"]) for m in results["speed"]] == [
+        ("two-scale", 24, 40, 2), ("single-scale", 24, 40, 2)]
+    assert sorted(os.listdir(tmp_path)) == ["report.md", "results.json", "speed.csv"]

@@ -23,7 +23,7 @@ from synergyseg.evaluation.cityscapes_results import CityscapesResultWriter
 from synergyseg.evaluation.evaluator import ExampleCollector, evaluate_batches, validation_batches
 from synergyseg.evaluation.loading import (
     dataset_info, load_model, num_outputs, resolve_model, validation_pattern)
-from synergyseg.evaluation.predictor import MODEL_KEY, Predictor
+from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
 from synergyseg.synergy import submodel_of
 
 
@@ -43,6 +43,7 @@ class EvaluationOptions:
     ablation: tuple = ABLATION_FUSIONS  # empty: no ablation
     num_figures: int = 4  # images in the qualitative grid; 0: no figures
     cityscapes_results: str = None  # folder for label-id PNGs (Cityscapes benchmark layout)
+    accuracy: bool = True  # False: only the speed (no data needed)
     speed: bool = True
     speed_size: tuple = (1024, 2048)
     speed_batch_size: int = 1
@@ -77,6 +78,8 @@ def evaluate_model(options, log=print):
     model_path, config = resolve_model(options.run_or_model)
     config = config or {}
     out_dir = options.out_dir or default_out_dir(options.run_or_model)
+    if not options.accuracy:
+        return _speed_only(model_path, out_dir, options, log)
     data = options.data or validation_pattern(config)
     if not data:
         raise ValueError(f"no validation data: pass --data (the run folder of {model_path!r} names none)")
@@ -152,6 +155,21 @@ def evaluate_model(options, log=print):
     markdown = "\n\n".join(sections) + "\n"
     for name, text in files.items():
         report.write_text(os.path.join(out_dir, name), text)
+    report.write_text(os.path.join(out_dir, "report.md"), markdown)
+    report.write_json(os.path.join(out_dir, "results.json"), results)
+    log("\n" + markdown)
+    log(f"Wrote {out_dir}")
+    return results
+
+
+def _speed_only(model_path, out_dir, options, log):
+    if not options.speed:
+        raise ValueError("nothing to do: both the accuracy and the speed measurement are switched off")
+    model = load_model(model_path)
+    measurements = _measure_speed(model, is_two_scale(model), options, log)
+    results = {"model": os.path.abspath(model_path), "speed": measurements}
+    markdown = f"## Speed\n\n{report.speed_markdown(measurements)}\n"
+    report.write_text(os.path.join(out_dir, "speed.csv"), _speed_csv(measurements))
     report.write_text(os.path.join(out_dir, "report.md"), markdown)
     report.write_json(os.path.join(out_dir, "results.json"), results)
     log("\n" + markdown)
