@@ -151,7 +151,7 @@ class AttentionFusion(_Fusion):
 
     def build(self, input_shape):
         super().build(input_shape)
-        lo = input_shape[0]
+        lo = tuple(input_shape[0])
         self.hidden.build(lo)
         self.hidden_bn.build(lo[:-1] + (self.filters,))
         self.score.build(lo[:-1] + (self.filters,))

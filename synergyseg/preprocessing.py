@@ -22,16 +22,37 @@ class ImageNetNormalization(keras.layers.Layer):
     """
 
     def build(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] != 3:
-            raise ValueError(
-                "Expected a batch of RGB images with shape (batch, height, width, 3); "
-                f"received shape {tuple(input_shape)}."
-            )
+        _check_images(input_shape)
 
     def call(self, images):
+        # Checked at every call too: a retraced predict function relaxes the input to unknown
+        # dims (or rank), and Keras then skips its input spec; check those when the graph runs.
+        shape = images.shape
+        if _rank(shape) is None or shape[-1] is None:
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                images = tf.ensure_shape(images, (None, None, None, 3), name="expect_rgb_images")
+        else:
+            _check_images(shape)
         x = ops.cast(images, self.compute_dtype)
         mean = ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
         return ops.flip(x, axis=-1) - mean
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def _rank(shape):
+    try:
+        return len(shape)
+    except ValueError:  # a TensorShape of unknown rank
+        return None
+
+
+def _check_images(shape):
+    if len(shape) != 4 or shape[-1] not in (3, None):
+        raise ValueError(
+            "Expected a batch of RGB images with shape (batch, height, width, 3); "
+            f"received shape {tuple(shape)}."
+        )

@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from synergyseg import build_deeplabv3plus, build_synergyseg, submodel_of, with_fusion
+from synergyseg.resize import Downsample
+from tests.reference import all_layers, assert_save_load_round_trip, bilinear_resize, tiny_kwargs
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_synergyseg(5, scale_outputs=True, **tiny_kwargs())
+
+
+def _images(rng, shape):
+    return rng.uniform(0, 255, size=shape).astype("float32")
+
+
+def test_two_scale_model_shares_every_weight_with_one_deeplab():
+    single = build_deeplabv3plus(5, **tiny_kwargs())
+    for fusion in ("uncertainty", "average", "max"):
+        model = build_synergyseg(5, fusion=fusion, **tiny_kwargs())
+        assert model.count_params() == single.count_params()
+        assert len(model.weights) == len(single.weights)
+    attention = build_synergyseg(5, fusion="attention", **tiny_kwargs())
+    fusion_params = attention.get_layer("fusion").count_params()
+    assert fusion_params > 0
+    assert attention.count_params() == single.count_params() + fusion_params
+
+
+def test_paper_model_has_deeplabv3plus_r50_parameter_count():
+    assert build_synergyseg(19).count_params() == build_deeplabv3plus(19).count_params() == 40_435_539
+
+
+def test_gradients_reach_shared_weights_from_both_scales(tiny):
+    rng = np.random.default_rng(0)
+    x = tf.constant(_images(rng, (2, 32, 48, 3)))
+    sub = submodel_of(tiny)
+    first_conv = sub.get_layer("backbone").get_layer("conv1_conv").kernel
+    grads = {}
+    for branch in ("s_lo", "s_hi"):
+        with tf.GradientTape() as tape:
+            out = tiny(x, training=True)[branch]
+            loss = tf.reduce_sum(out[..., 0] * tf.linspace(0.0, 1.0, 48))
+        grads[branch] = tape.gradient(loss, first_conv)
+        assert grads[branch] is not None and float(tf.reduce_max(tf.abs(grads[branch]))) > 0, branch
+    # The branches see different images, so they push the shared kernel differently.
+    assert not np.allclose(grads["s_lo"].numpy(), grads["s_hi"].numpy())
+
+
+def test_low_scale_is_the_submodel_on_the_half_resolution_image(tiny):
+    x = _images(np.random.default_rng(1), (1, 30, 42, 3))
+    out = tiny.predict(x, verbose=0)
+    sub = submodel_of(tiny)
+    s_lo = sub.predict(np.asarray(Downsample(2)(x)), verbose=0)
+    np.testing.assert_allclose(out["s_lo"], bilinear_resize(s_lo.astype("float64"), 30, 42), atol=1e-5)
+    np.testing.assert_allclose(out["s_hi"], sub.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(out["fused"].sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 33, 47, 3), (3, 20, 17, 3), (2, 64, 64, 3)])
+def test_output_is_exactly_the_input_size(tiny, shape):
+    out = tiny.predict(_images(np.random.default_rng(2), shape), verbose=0)
+    for key in ("fused", "s_lo", "s_hi"):
+        assert out[key].shape == shape[:3] + (5,), key
+    assert out["uncertainty"].shape == shape[:3] + (1,)
+
+
+def test_fit_and_predict_on_datasets_of_unknown_size():
+    # tf.data with (None, None) spatial dims makes every resize size dynamic inside the graphs.
+    model = build_synergyseg(4, **tiny_kwargs())
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=255))
+    rng = np.random.default_rng(3)
+    sizes = [(21, 30), (26, 19)]
+
+    def gen():
+        for h, w in sizes:
+            yield _images(rng, (2, h, w, 3)), rng.integers(0, 4, (2, h, w)).astype("int32")
+
+    ds = tf.data.Dataset.from_generator(
+        gen,
+        output_signature=(
+            tf.TensorSpec((None, None, None, 3), tf.float32),
+            tf.TensorSpec((None, None, None), tf.int32),
+        ),
+    )
+    history = model.fit(ds, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    for i, (h, w) in enumerate(sizes):  # one predict per size: predict concatenates its batches
+        preds = model.predict(ds.map(lambda x, y: x).skip(i).take(1), verbose=0)
+        assert preds.shape == (2, h, w, 4)
+
+
+def test_uint8_and_float_images_give_the_same_prediction(tiny):
+    x = np.random.default_rng(4).integers(0, 256, (1, 24, 24, 3)).astype("uint8")
+    a = tiny.predict(x, verbose=0)["fused"]
+    b = tiny.predict(x.astype("float32"), verbose=0)["fused"]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_save_load_round_trip_with_safe_mode(tmp_path):
+    x = _images(np.random.default_rng(5), (2, 27, 35, 3))
+    for fusion in ("uncertainty", "attention"):
+        model = build_synergyseg(5, fusion=fusion, **tiny_kwargs())
+        loaded = assert_save_load_round_trip(model, x, tmp_path / f"{fusion}.keras")
+        assert submodel_of(loaded).count_params() == submodel_of(model).count_params()
+    assert_save_load_round_trip(with_fusion(model, scale_outputs=True), x, tmp_path / "dict.keras")
+    for layer in all_layers(model):
+        assert not isinstance(layer, keras.layers.Lambda)
+        assert isinstance(layer.get_config(), dict)
+
+
+def test_with_fusion_swaps_fusion_on_the_same_weights(tiny):
+    x = _images(np.random.default_rng(6), (1, 26, 38, 3))
+    out = tiny.predict(x, verbose=0)
+    average = with_fusion(tiny, "average").predict(x, verbose=0)
+    np.testing.assert_allclose(average, 0.5 * (out["s_lo"] + out["s_hi"]), atol=1e-6)
+    high = with_fusion(tiny, "high").predict(x, verbose=0)
+    np.testing.assert_allclose(high, out["s_hi"], atol=1e-6)
+
+
+def test_bad_arguments_and_inputs_say_what_was_expected(tiny):
+    fresh = build_synergyseg(5, **tiny_kwargs())
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        build_synergyseg(1, **tiny_kwargs())
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg16'"):
+        build_synergyseg(5, backbone="vgg16")
+    with pytest.raises(ValueError, match="Unknown fusion 'sum'"):
+        build_synergyseg(5, fusion="sum", **tiny_kwargs())
+    with pytest.raises(ValueError, match="output_stride must be 8 or 16"):
+        build_synergyseg(5, output_stride=32, **tiny_kwargs())
+    with pytest.raises(Exception, match=r"\(None, None, None, 3\)|\[\?,\?,\?,3\]"):
+        tiny.predict(np.zeros((1, 16, 16, 4), "float32"), verbose=0)
+    with pytest.raises(Exception, match=r"\(None, None, None, 3\)|\[\?,\?,\?,3\]"):
+        fresh.predict(np.zeros((16, 16, 3), "float32"), verbose=0)
+    with pytest.raises(ValueError, match="not a synergyseg|no DeepLabV3\\+ submodel"):
+        submodel_of(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+
+
+def test_real_resnet50_two_scale_trains_one_step_at_small_resolution():
+    model = build_synergyseg(19)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=255),
+    )
+    rng = np.random.default_rng(7)
+    x = _images(rng, (2, 65, 97, 3))
+    y = rng.integers(0, 19, (2, 65, 97)).astype("int32")
+    y[:, :10] = 255
+    before = submodel_of(model).get_layer("classifier").kernel.numpy().copy()
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    assert not np.allclose(submodel_of(model).get_layer("classifier").kernel.numpy(), before)
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (2, 65, 97, 19)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
