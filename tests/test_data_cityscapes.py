@@ -1,0 +1,73 @@
+"""Cityscapes: our label tables against the official cityscapesscripts, and the converter."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synergyseg import data
+from synergyseg.data import cityscapes
+
+labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+
+
+def test_id_to_train_id_matches_official_labels():
+    for label in labels.labels:
+        if label.id < 0:
+            continue  # license plate: -1, never in labelIds PNGs
+        want = 255 if label.trainId in (-1, 255) else label.trainId
+        assert data.CITYSCAPES_ID_TO_TRAIN_ID[label.id] == want, label.name
+    assert (data.CITYSCAPES_ID_TO_TRAIN_ID[34:] == 255).all()
+
+
+def test_names_colors_and_inverse_table_match_official_labels():
+    assert data.CITYSCAPES.num_classes == 19
+    for train_id in range(19):
+        official = labels.trainId2label[train_id]
+        assert data.CITYSCAPES.class_names[train_id] == official.name
+        assert data.CITYSCAPES.colors[train_id] == official.color
+        assert data.CITYSCAPES_TRAIN_ID_TO_ID[train_id] == official.id
+    np.testing.assert_array_equal(
+        data.CITYSCAPES_ID_TO_TRAIN_ID[data.CITYSCAPES_TRAIN_ID_TO_ID], np.arange(19))
+
+
+def _write_city(root, split, city, stem, size=(12, 20), seed=0, label_size=None):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    ids = rng.integers(0, 34, label_size or size, dtype=np.uint8)
+    for sub, suffix, array in (("leftImg8bit", "_leftImg8bit.png", image),
+                               ("gtFine", "_gtFine_labelIds.png", ids)):
+        directory = os.path.join(root, sub, split, city)
+        os.makedirs(directory, exist_ok=True)
+        Image.fromarray(array).save(os.path.join(directory, stem + suffix))
+    return image, ids
+
+
+def test_convert_official_layout(tmp_path):
+    root, out = str(tmp_path / "cityscapes"), str(tmp_path / "out")
+    want = [_write_city(root, "val", city, f"{city}_000000_00000{i}", seed=i)
+            for i, city in enumerate(["frankfurt", "lindau", "munster"])]
+    summary = cityscapes.convert(root, out, splits=("val",), num_shards=2, workers=1, log=None)
+    assert summary["val"].images == 3
+    ignored = sum(int((data.CITYSCAPES_ID_TO_TRAIN_ID[ids] == 255).sum()) for _, ids in want)
+    assert summary["val"].pixel_counts[255] == ignored
+    got = list(data.eval_dataset(os.path.join(out, "val-*.tfrecord")))
+    # Shard 0 holds pairs 0 and 2, shard 1 pair 1 (items are dealt round-robin).
+    for (image, label), (want_image, ids) in zip(got, [want[0], want[2], want[1]]):
+        np.testing.assert_array_equal(image[0].numpy(), want_image)
+        np.testing.assert_array_equal(label[0].numpy(), data.CITYSCAPES_ID_TO_TRAIN_ID[ids])
+
+
+def test_bad_input_names_the_file(tmp_path):
+    root = str(tmp_path / "cityscapes")
+    with pytest.raises(FileNotFoundError, match="leftImg8bit/train"):
+        _write_city(root, "val", "aachen", "aachen_000000_000000")
+        cityscapes.find_pairs(root, "train")
+    os.remove(os.path.join(root, "gtFine", "val", "aachen", "aachen_000000_000000_gtFine_labelIds.png"))
+    with pytest.raises(FileNotFoundError, match="aachen_000000_000000_gtFine_labelIds.png"):
+        cityscapes.find_pairs(root, "val")
+    _write_city(root, "val", "aachen", "aachen_000000_000000", label_size=(12, 18))
+    pair = cityscapes.find_pairs(root, "val")[0]
+    with pytest.raises(ValueError, match="labelIds.png: label size 18x12 differs from image"):
+        cityscapes.encode_pair(pair)
