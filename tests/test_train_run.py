@@ -1,0 +1,104 @@
+"""End-to-end runs of `synergyseg.training.train` on a tiny synthetic set: learning, resume, run folder."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from synergyseg import data
+from synergyseg.config import RunConfig, preset
+from synergyseg.training import train
+
+TINY = dict(backbone="resnet18", backbone_width=8, head_filters=16, low_level_filters=8,
+            crop_size=(64, 128), batch_size=4, steps_per_epoch=4, tensorboard_images=1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    data.synthetic.generate(str(out), num_train=16, num_val=4, height=64, width=128, seed=0,
+                            num_shards=2, workers=1, log=None)
+    return str(out)
+
+
+def _epochs(history_csv):
+    with open(history_csv) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_short_run_lowers_loss_and_beats_a_constant_prediction(data_dir, tmp_path):
+    config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=6,
+                    learning_rate=0.05, scale_range=None, **TINY)
+    result = train(config, log=lambda *a: None)
+    history = result["history"]
+    assert history["loss"][-1] < 0.8 * history["loss"][0]
+    metrics = result["metrics"]
+    assert metrics["mean_iou"] > 1.5 * metrics["constant_prediction_mean_iou"]
+    # The run folder of the contract, and a config that repeats the run.
+    run = tmp_path / "run"
+    for name in ("config.json", "best.keras", "final.keras", "history.csv", "metrics.json",
+                 "training_curves.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists() and not list(run.glob("*partial*"))
+    assert RunConfig.from_json(run / "config.json") == config
+    assert json.loads((run / "metrics.json").read_text())["mean_iou"] == metrics["mean_iou"]
+    # Per-class IoU under each class's name; its mean is Keras's val_mean_iou.
+    with open(run / "history.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    per_class = [float(last[k]) for k in last if k.startswith("val_iou_")]
+    assert len(per_class) == 10 and "val_iou_traffic_sign" in last
+    assert np.nanmean(per_class) == pytest.approx(float(last["val_mean_iou"]), abs=1e-6)
+    # final.keras is the trained model and reproduces the reported mIoU.
+    model = keras.models.load_model(run / "final.keras", safe_mode=True)
+    assert model.output_shape == (None, None, None, 10)
+    lr = [float(v) for v in _column(run / "history.csv", "learning_rate")]
+    steps = [4 * (e + 1) for e in range(6)]
+    np.testing.assert_allclose(lr, [0.05 * (1 - s / 24) ** 0.9 for s in steps], rtol=1e-4, atol=1e-7)
+
+
+def _column(path, key):
+    with open(path) as f:
+        return [row[key] for row in csv.DictReader(f)]
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Killed()
+
+
+def test_killed_run_resumes_at_the_same_epoch_and_step(data_dir, tmp_path):
+    config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=3,
+                    **dict(TINY, tensorboard_images=0))
+    with pytest.raises(_Killed):
+        train(config, extra_callbacks=[_KillAtEpoch(2)], log=lambda *a: None)
+    run = tmp_path / "run"
+    assert _epochs(run / "history.csv") == [0, 1]
+    assert (run / "backup").is_dir() and (run / "best.keras").is_file()
+    best_before = max(float(v) for v in _column(run / "history.csv", "val_mean_iou"))
+    # Another configuration must not write into this run folder.
+    with pytest.raises(ValueError, match="another configuration"):
+        train(config.replace(epochs=4), log=lambda *a: None)
+    result = train(config, log=lambda *a: None)
+    assert len(result["history"]["loss"]) == 1  # only epoch 3 ran again
+    assert result["steps"] == 3 * 4
+    assert _epochs(run / "history.csv") == [0, 1, 2]
+    assert not (run / "backup").exists() and not list(run.glob("*partial*"))
+    # best.keras still holds the best val_mean_iou of all three epochs, not of the resumed part.
+    best = max(float(v) for v in _column(run / "history.csv", "val_mean_iou"))
+    assert best >= best_before
+    model = keras.models.load_model(run / "best.keras", safe_mode=True)
+    assert model.output_shape == (None, None, None, 10)
+    with pytest.raises(ValueError, match="finished run"):
+        train(config, log=lambda *a: None)
