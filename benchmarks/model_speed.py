@@ -25,22 +25,24 @@ import synergyseg  # noqa: E402
 from synergyseg.flops import conv_flops  # noqa: E402
 
 
-def median_seconds(fn, x, repeats, warmup=2):
-    for _ in range(warmup):
-        fn(x)
-    times = []
+def median_seconds(fns, x, repeats, warmup=2):
+    """Median seconds per call of each function, timed round-robin so machine noise hits all alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            np.asarray(fn(x))
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn(x)
-        np.asarray(out)  # wait for the result
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            np.asarray(fn(x))  # wait for the result
+            ts.append(time.perf_counter() - start)
+    return [float(np.median(ts)) for ts in times]
 
 
 def matmul_gflops(n=4096, repeats=5):
     a = tf.random.normal((n, n))
     f = tf.function(lambda a: tf.matmul(a, a))
-    return 2 * n**3 / median_seconds(f, a, repeats) / 1e9
+    return 2 * n**3 / median_seconds([f], a, repeats)[0] / 1e9
 
 
 def cpu_name():
@@ -77,17 +79,17 @@ def main():
     print(f"matmul 4096^2 float32: {ceiling:.1f} GFLOP/s (ceiling)")
     print("| path | model | ms / image | conv GFLOPs | GFLOP/s | % of matmul |")
     print("|---|---|---:|---:|---:|---:|")
-    ratios = {}
+    models = (("single-scale", single, flops_single), ("two-scale", two_scale, flops_two))
+    fns, rows = [], []
     for jit in (False, True):
-        times = {}
-        for label, model, flops in (("single-scale", single, flops_single), ("two-scale", two_scale, flops_two)):
-            fn = tf.function(lambda t, m=model: m(t, training=False), jit_compile=jit)
-            t = median_seconds(fn, x, args.repeats)
-            times[label] = t
-            rate = flops / t / 1e9
-            path = "XLA" if jit else "tf.function"
-            print(f"| {path} | {label} | {1000 * t:.0f} | {flops / 1e9:.1f} | {rate:.1f} | {100 * rate / ceiling:.0f}% |")
-        ratios["XLA" if jit else "tf.function"] = times["two-scale"] / times["single-scale"]
+        for label, model, flops in models:
+            fns.append(tf.function(lambda t, m=model: m(t, training=False), jit_compile=jit))
+            rows.append(("XLA" if jit else "tf.function", label, flops))
+    seconds = median_seconds(fns, x, args.repeats)
+    for (path, label, flops), t in zip(rows, seconds):
+        rate = flops / t / 1e9
+        print(f"| {path} | {label} | {1000 * t:.0f} | {flops / 1e9:.1f} | {rate:.1f} | {100 * rate / ceiling:.0f}% |")
+    ratios = {"tf.function": seconds[1] / seconds[0], "XLA": seconds[3] / seconds[2]}
     print(f"two-scale / single-scale FLOPs: {flops_two / flops_single:.3f}")
     for path, r in ratios.items():
         print(f"two-scale / single-scale time ({path}): {r:.3f}")
