@@ -1,6 +1,5 @@
 """Label maps at the label's resolution from a model, optionally with flip test-time augmentation."""
 
-import keras
 import tensorflow as tf
 
 from synergyseg.evaluation.ablation import ScaleFusions
