@@ -17,10 +17,12 @@ def main():
     parser.add_argument("--out", required=True, help="output directory for the shards")
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
     parser.add_argument("--num-shards", type=int, default=16, help="shards per split")
+    parser.add_argument("--image-format", choices=["png", "jpeg"], default="png",
+                        help="png: the original files as is; jpeg: quality 95, faster to decode")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args()
     cityscapes.convert(args.root, args.out, splits=args.splits, num_shards=args.num_shards,
-                       workers=args.workers)
+                       image_format=args.image_format, workers=args.workers)
 
 
 if __name__ == "__main__":

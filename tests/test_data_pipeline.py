@@ -148,3 +148,31 @@ def test_input_context_shards_files_and_splits_the_batch(shards):
     assert indices == [3, 4, 5, 9, 10, 11]  # shards 1 and 3 of 4
     with pytest.raises(ValueError, match="cannot be sharded"):
         data.train_dataset(shards[:1], 2, (8, 8), input_context=context)
+
+
+def test_scale_crop_matches_resizing_the_whole_image():
+    # At scale 2 with a crop of the whole scaled image, the window computation must give what
+    # tf.image.resize gives (away from the sub-pixel band at the border it treats as outside).
+    image = tf.reshape(tf.range(8 * 10 * 3, dtype=tf.float32), (8, 10, 3))
+    label = tf.reshape(tf.range(80) % 7, (8, 10))
+    got_image, got_label = augment.random_scale_crop(image, label, tf.constant([0, 0]),
+                                                     (16, 20), (2.0, 2.0))
+    want_image = tf.image.resize(image, (16, 20), method="bilinear")
+    np.testing.assert_allclose(got_image[1:-1, 1:-1], want_image[1:-1, 1:-1], atol=1e-3)
+    assert set(np.unique(got_label)) <= set(range(7)) | {255}
+    # Each 2x2 block of the upscaled label holds its source pixel (nearest neighbour).
+    np.testing.assert_array_equal(got_label[2:-2:2, 2:-2:2], label[1:-1, 1:-1])
+
+
+def test_scale_crop_pads_outside_the_scaled_image():
+    image = tf.fill((8, 10, 3), tf.constant(9, tf.uint8))
+    label = tf.fill((8, 10), tf.constant(3, tf.uint8))
+    got_image, got_label = augment.random_scale_crop(image, label, tf.constant([1, 1]),
+                                                     (12, 12), (0.5, 0.5))
+    got_image, got_label = got_image.numpy(), got_label.numpy()
+    assert got_image.dtype == np.float32 and got_label.dtype == np.int32
+    # The 4x5 scaled image sits at the top left; everything else is padding.
+    np.testing.assert_allclose(got_image[:4, :5], 9.0)
+    assert (got_label[:4, :5] == 3).all()
+    np.testing.assert_allclose(got_image[4:], np.broadcast_to(data.MEAN_RGB, (8, 12, 3)))
+    assert (got_label[4:] == 255).all() and (got_label[:, 5:] == 255).all()

@@ -41,14 +41,22 @@ def find_pairs(root, split):
     return pairs
 
 
-def encode_pair(pair):
-    """Shard-writer callback: `(image path, labelIds path)` -> (serialized example, histogram)."""
-    image_path, label_path = pair
+def encode_pair(item):
+    """Shard-writer callback: `(image path, labelIds path[, "png" | "jpeg"])` -> (example, histogram).
+
+    PNG images are stored byte for byte; "jpeg" re-encodes them at quality 95, which decodes
+    several times faster (see BENCHMARKS.md) at the cost of lossy images.
+    """
+    image_path, label_path, image_format = (tuple(item) + ("png",))[:3]
     with open(image_path, "rb") as f:
-        image_bytes = f.read()  # already PNG: stored as is, no re-encoding
+        image_bytes = f.read()
     try:
         with Image.open(io.BytesIO(image_bytes)) as im:
             width, height = im.size
+            if image_format == "jpeg":
+                buffer = io.BytesIO()
+                im.convert("RGB").save(buffer, format="JPEG", quality=95)
+                image_bytes = buffer.getvalue()
     except Exception as e:
         raise ValueError(f"{image_path}: cannot read image ({e})") from e
     try:
@@ -66,11 +74,12 @@ def encode_pair(pair):
     buffer = io.BytesIO()
     Image.fromarray(label).save(buffer, format="PNG")
     record = encode_example(image_bytes, buffer.getvalue(), filename=os.path.basename(image_path),
-                            height=height, width=width)
+                            height=height, width=width, image_format=image_format)
     return record, shards.label_histogram(label)
 
 
-def convert(root, out_dir, *, splits=("train", "val"), num_shards=16, workers=None, log=print):
+def convert(root, out_dir, *, splits=("train", "val"), num_shards=16, image_format="png",
+            workers=None, log=print):
     """Convert Cityscapes splits into shards `<split>-XXXXX-of-YYYYY.tfrecord`; returns summaries."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Cityscapes root not found: {root}")
@@ -79,8 +88,9 @@ def convert(root, out_dir, *, splits=("train", "val"), num_shards=16, workers=No
     summaries = {}
     with shards.worker_pool(workers) as pool:
         for split, pairs in pairs_by_split.items():
-            summaries[split] = shards.write_shards(out_dir, split, pairs, encode_pair,
-                                                   num_shards=min(num_shards, len(pairs)),
+            items = [(image, label, image_format) for image, label in pairs]
+            summaries[split] = shards.write_shards(out_dir, split, items, encode_pair,
+                                                   num_shards=min(num_shards, len(items)),
                                                    workers=workers, pool=pool, log=log)
             if log:
                 log(summaries[split].format(CITYSCAPES.class_names))

@@ -60,13 +60,17 @@ def verify_records(file_pattern, *, decode=True):
 
 
 def label_lookup_table(label_map):
-    """A 256-entry int32 table from `label_map` (sequence or dict id -> id); unlisted ids -> 255."""
+    """A 256-entry int32 table from `label_map` (sequence or dict id -> id); unlisted ids -> 255.
+
+    255 always maps to 255: ignored pixels stay ignored whatever the map says.
+    """
     table = np.full(256, IGNORE_LABEL, np.int32)
     items = label_map.items() if isinstance(label_map, dict) else enumerate(np.asarray(label_map))
     for src, dst in items:
         if not (0 <= int(src) < 256 and 0 <= int(dst) <= IGNORE_LABEL):
             raise ValueError(f"label_map entry {int(src)} -> {int(dst)} is outside 0..255")
         table[int(src)] = int(dst)
+    table[IGNORE_LABEL] = IGNORE_LABEL
     return tf.constant(table)
 
 
@@ -92,10 +96,11 @@ def train_batches(examples, batch_size, crop_size, *, scale_range=(0.5, 2.0), fl
     base = tf.constant(0 if seed is None else seed, tf.int64)
 
     def transform(example, random):
-        image, label = _to_model_types(*example, table)
-        return augment_lib.augment(
-            image, label, tf.stack([random, base]), crop_size=crop_size,
-            scale_range=scale_range, flip=flip, jitter=jitter)
+        image, label = augment_lib.augment(
+            *example, tf.stack([random, base]), crop_size=crop_size, scale_range=scale_range,
+            flip=flip, jitter=jitter)
+        # Map labels after the crop: fewer pixels, and padding (255) stays 255.
+        return image, label if table is None else tf.gather(table, label)
 
     ds = tf.data.Dataset.zip(examples, randoms).map(transform, num_parallel_calls=AUTOTUNE)
     # Equal batch shapes are what tf.distribute and XLA want; the remainder is dropped.

@@ -256,22 +256,26 @@ def render_scene(seed, height=256, width=512):
     return np.clip(np.round(image), 0, 255).astype(np.uint8), canvas.label
 
 
-def _png(array):
+def _encode(array, image_format="png"):
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    if image_format == "jpeg":
+        Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+    else:
+        Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
 def encode_scene(item):
-    """Shard-writer callback: `(seed, height, width, name)` -> (serialized example, histogram)."""
-    seed, height, width, name = item
+    """Shard-writer callback: `(seed, height, width, name, image_format)` -> (example, histogram)."""
+    seed, height, width, name, image_format = item
     image, label = render_scene(seed, height, width)
-    record = encode_example(_png(image), _png(label), filename=name, height=height, width=width)
+    record = encode_example(_encode(image, image_format), _encode(label), filename=name,
+                            height=height, width=width, image_format=image_format)
     return record, shards.label_histogram(label)
 
 
 def generate(out_dir, *, num_train=400, num_val=50, height=256, width=512, seed=0, num_shards=8,
-             workers=None, log=print):
+             image_format="png", workers=None, log=print):
     """Write the synthetic train/val splits as `train-XXXXX-of-YYYYY.tfrecord` and `val-...`.
 
     Args:
@@ -280,6 +284,8 @@ def generate(out_dir, *, num_train=400, num_val=50, height=256, width=512, seed=
         height, width: scene size in pixels.
         seed: the whole set is a function of it; train and val never share a scene.
         num_shards: train shards; val gets one shard per 25 scenes, at most `num_shards`.
+        image_format: "png" (lossless, default) or "jpeg" (quality 95; decodes several times
+            faster, for input-pipeline benchmarks at large sizes). Labels are always PNG.
         workers: processes (default: CPU count).
         log: progress and summary output (`None` for silence).
 
@@ -294,8 +300,8 @@ def generate(out_dir, *, num_train=400, num_val=50, height=256, width=512, seed=
             if count == 0:
                 continue
             # A seed triple keeps each split's scenes independent of the other split's size.
-            items = [((seed, split_id, i), height, width, f"synthetic/{split}/{i:06d}.png")
-                     for i in range(count)]
+            items = [((seed, split_id, i), height, width, f"synthetic/{split}/{i:06d}.png",
+                      image_format) for i in range(count)]
             summaries[split] = shards.write_shards(
                 out_dir, split, items, encode_scene, num_shards=min(split_shards, count),
                 workers=workers, pool=pool, log=log)
