@@ -1,0 +1,137 @@
+"""Export a trained model to every deployment format in one call, all or nothing."""
+
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+
+from synergyseg.export.model_file import (
+    check_synergyseg_model, load_synergyseg_model, resolve_model_path)
+from synergyseg.export.onnx import export_onnx
+from synergyseg.export.saved_model import export_saved_model
+from synergyseg.export.tflite import (
+    QUANTIZATIONS, calibration_images, check_tflite_size, export_tflite)
+
+FORMATS = ("saved_model", "tflite", "onnx")
+# Images read from the calibration shards for int8: TFLite's guidance is about 100.
+DEFAULT_CALIBRATION_IMAGES = 100
+
+
+def artifact_names(formats=FORMATS, quantizations=QUANTIZATIONS):
+    """`{artifact: file name in the output folder}` for the requested formats."""
+    names = {}
+    if "saved_model" in formats:
+        names["saved_model"] = "saved_model"
+    if "tflite" in formats:
+        names.update({f"tflite_{q}": f"model_{q}.tflite" for q in quantizations})
+    if "onnx" in formats:
+        names["onnx"] = "model.onnx"
+    return names
+
+
+def _check_arguments(formats, tflite_size, quantizations, calibration):
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {tuple(formats)}")
+    if "tflite" not in formats:
+        return None
+    bad = [q for q in quantizations if q not in QUANTIZATIONS]
+    if bad or not quantizations:
+        raise ValueError(
+            f"quantizations must be a non-empty subset of {QUANTIZATIONS}, got {tuple(quantizations)}")
+    if tflite_size is None:
+        raise ValueError("tflite_size (height, width) is required for the TFLite export")
+    size = check_tflite_size(tflite_size)
+    if "int8" in quantizations:
+        if calibration is None:
+            raise ValueError("int8 TFLite needs calibration: a glob of TFRecord shards "
+                             "(e.g. 'data/synthetic/val-*.tfrecord')")
+        from synergyseg.data import list_files
+
+        list_files(calibration)  # FileNotFoundError naming the pattern if nothing matches.
+    return size
+
+
+def _dir_size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
+
+
+def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantizations=QUANTIZATIONS,
+                 calibration=None, num_calibration_images=DEFAULT_CALIBRATION_IMAGES, log=print):
+    """Exports a trained SynergySeg model as SavedModel, TFLite and ONNX into `out_dir`.
+
+    Everything is checked before any work starts, and files are built in a hidden folder beside
+    `out_dir` and moved in only once all of them are done: a failure leaves `out_dir` unchanged.
+
+    Args:
+        source: a `.keras` file, a run folder written by train.py, or a loaded SynergySeg model.
+        out_dir: output folder (created; same-named artifacts in it are replaced).
+        formats: any of "saved_model", "tflite", "onnx".
+        tflite_size: `(height, width)` of the TFLite input (required for "tflite").
+        quantizations: TFLite variants, any of "float32", "float16", "int8".
+        calibration: glob of TFRecord shards whose images calibrate int8 (required for "int8").
+        num_calibration_images: images read from `calibration`.
+        log: progress output, `None` for silence.
+
+    Returns:
+        `{artifact: path}` for "saved_model", "tflite_float32", "tflite_float16", "tflite_int8",
+        "onnx" (those requested).
+
+    Example:
+        >>> export_model("runs/cityscapes", "export", tflite_size=(512, 1024),
+        ...              calibration="data/cityscapes/val-*.tfrecord")
+    """
+    log = log or (lambda *_: None)
+    formats, quantizations = tuple(formats), tuple(quantizations)
+    if not isinstance(source, keras.Model):
+        resolve_model_path(source)  # a missing file is named before any other complaint
+    size = _check_arguments(formats, tflite_size, quantizations, calibration)
+    if isinstance(source, keras.Model):
+        model = source
+        check_synergyseg_model(model)
+    else:
+        model = load_synergyseg_model(source)
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"Output folder {out_dir!r} exists and is not a folder")
+
+    names = artifact_names(formats, quantizations)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.export-",
+                               dir=parent)
+    try:
+        calibration_set = None
+        for step, (artifact, name) in enumerate(names.items(), start=1):
+            start = time.perf_counter()
+            path = os.path.join(staging, name)
+            log(f"[{step}/{len(names)}] {artifact} -> {os.path.join(out_dir, name)}")
+            if artifact == "saved_model":
+                export_saved_model(model, path)
+            elif artifact == "onnx":
+                export_onnx(model, path)
+            else:
+                quantization = artifact.removeprefix("tflite_")
+                if quantization == "int8" and calibration_set is None:
+                    calibration_set = list(calibration_images(calibration, size,
+                                                              num_calibration_images))
+                    log(f"      calibrating on {len(calibration_set)} images from {calibration}")
+                export_tflite(model, path, size, quantization,
+                              calibration_set if quantization == "int8" else None)
+            log(f"      {_dir_size(path) / 2**20:.1f} MiB in {time.perf_counter() - start:.0f} s")
+        os.makedirs(out_dir, exist_ok=True)
+        written = {}
+        for artifact, name in names.items():
+            target = os.path.join(out_dir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, name), target)
+            written[artifact] = target
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

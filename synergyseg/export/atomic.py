@@ -1,0 +1,40 @@
+"""Write a file or folder under a temporary name and move it into place only once it is complete."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yields a temporary path beside `path`; on success it replaces `path`, on error it is deleted.
+
+    A reader never sees a half-written export: the temporary name starts with a dot and the final
+    move is one `os.replace` (an existing folder at `path` is removed just before it).
+
+    Example:
+        >>> with atomic_output("out/model.tflite") as tmp:
+        ...     open(tmp, "wb").write(data)
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    tmp = os.path.join(staging, os.path.basename(path))
+    try:
+        yield tmp
+        if not os.path.lexists(tmp):
+            raise RuntimeError(f"nothing was written for {path}")
+        if os.path.isdir(path) and not os.path.islink(path):
+            _remove(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

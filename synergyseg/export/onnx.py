@@ -1,0 +1,26 @@
+"""ONNX export through Keras's own `model.export(format="onnx")`, with dynamic batch, height and width."""
+
+import keras
+
+from synergyseg.export.atomic import atomic_output
+from synergyseg.export.serving import build_serving_model
+
+
+def export_onnx(model, path, opset_version=None):
+    """Writes `model`'s serving graph as ONNX: uint8 "images" `(batch, h, w, 3)` of any size.
+
+    Outputs are those of `build_serving_model` ("class_map" int32, "probabilities",
+    "uncertainty" float32). Needs `tf2onnx` (Keras converts through it on TensorFlow) and, to
+    run the file, `onnxruntime`.
+
+    Example:
+        >>> export_onnx(model, "export/model.onnx")
+        >>> session = onnxruntime.InferenceSession("export/model.onnx")
+        >>> class_map, probabilities, uncertainty = session.run(None, {"images": images})
+    """
+    serving = build_serving_model(model)
+    signature = [keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name="images")]
+    with atomic_output(path) as tmp:
+        serving.export(tmp, format="onnx", input_signature=signature, verbose=False,
+                       opset_version=opset_version)
+    return path

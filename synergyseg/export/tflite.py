@@ -1,0 +1,159 @@
+"""TFLite export at a fixed input size: float32, float16 weights, or full-integer int8, builtin ops only."""
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from synergyseg.export.atomic import atomic_output
+from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module
+from synergyseg.export.serving import build_serving_model
+
+QUANTIZATIONS = ("float32", "float16", "int8")
+# Every size converts and matches Keras, odd ones and 1x1 included (measured: 1x1 to 97x130, no
+# multiple needed: resizes are builtin RESIZE_BILINEAR, convolutions pad "same"). Below 32 the
+# half-resolution branch's stride-16 features are a single pixel, so such sizes are refused.
+MIN_TFLITE_SIZE = 32
+
+
+def check_tflite_size(size):
+    """Returns `size` as `(height, width)` ints, or raises ValueError saying which sizes work."""
+    try:
+        height, width = size
+        if not all(float(s) == int(s) for s in size):
+            raise ValueError
+        height, width = int(height), int(width)
+    except (TypeError, ValueError):
+        raise ValueError(f"TFLite size must be (height, width) integers, got {size!r}") from None
+    if height < MIN_TFLITE_SIZE or width < MIN_TFLITE_SIZE:
+        raise ValueError(
+            f"TFLite size {height}x{width} is too small: height and width must be at least "
+            f"{MIN_TFLITE_SIZE} (the half-resolution branch then still sees 16x16 pixels at "
+            "stride 16). Any size from there on works, odd sizes included; no multiple is needed."
+        )
+    return height, width
+
+
+def _convert(serving, size, quantization, calibration_images):
+    height, width = size
+    module = serving_module(serving, input_shape=(1, height, width, 3))
+    with tempfile.TemporaryDirectory(prefix="synergyseg-tflite-") as saved_model_dir:
+        # Converting from a SavedModel freezes the variables into constants (from a concrete
+        # function, TF 2.21 keeps them as resource variables the interpreter cannot initialize).
+        tf.saved_model.save(module, saved_model_dir, signatures={SIGNATURE_KEY: module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, [SIGNATURE_KEY])
+        # No SELECT_TF_OPS: the file must run in the plain TFLite / LiteRT interpreter.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            images = list(calibration_images)
+            if not images:
+                raise ValueError("int8 TFLite needs at least one calibration image")
+            converter.representative_dataset = lambda: ([image] for image in images)
+        return converter.convert()
+
+
+def convert_tflite(model, size, quantization="float32", calibration_images=None):
+    """The TFLite flatbuffer (bytes) of `model`'s serving graph at a fixed `(height, width)`.
+
+    Args:
+        model: a trained SynergySeg model.
+        size: `(height, width)` of the one-image input batch.
+        quantization: "float32"; "float16" (weights stored as float16, math in float32); or
+            "int8" (weights and activations int8, calibrated on `calibration_images`).
+        calibration_images: for "int8", an iterable of uint8 `(1, height, width, 3)` arrays
+            (see `calibration_images`).
+
+    Returns:
+        bytes of a model with signature "serving_default": "images" uint8 `(1, h, w, 3)` ->
+        "class_map" int32, "probabilities" and "uncertainty" float32. Only builtin TFLite ops.
+    """
+    size = check_tflite_size(size)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "int8" and calibration_images is None:
+        raise ValueError("int8 TFLite needs calibration_images (uint8 (1, h, w, 3) arrays)")
+    content = _convert(build_serving_model(model), size, quantization, calibration_images)
+    check_builtin_ops(content)
+    return content
+
+
+def export_tflite(model, path, size, quantization="float32", calibration_images=None):
+    """Writes `convert_tflite(model, size, quantization, calibration_images)` to `path` atomically."""
+    content = convert_tflite(model, size, quantization, calibration_images)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(content)
+    return path
+
+
+def calibration_images(file_pattern, size, num_images=100):
+    """uint8 `(1, height, width, 3)` images from TFRecord shards, resized to `size`, for int8 calibration.
+
+    Images come from `synergyseg.data.eval_dataset` (the validation pipeline), resized bilinearly
+    to the TFLite input size; labels are ignored.
+    """
+    from synergyseg.data import eval_dataset
+
+    height, width = check_tflite_size(size)
+    dataset = eval_dataset(file_pattern, batch_size=1, limit=num_images)
+    for image, _ in dataset:
+        resized = tf.image.resize(image, (height, width), method="bilinear")
+        yield tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+
+
+def tflite_ops(content):
+    """`{op name: count}` of a TFLite flatbuffer; custom ops (Flex included) appear as "CUSTOM:<code>"."""
+    from synergyseg.export._tflite_schema import schema
+
+    model = schema.Model.GetRootAsModel(content, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        # Builtin codes above 127 live in BuiltinCode(); older ones in DeprecatedBuiltinCode().
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            codes.append(f"CUSTOM:{(code.CustomCode() or b'').decode()}")
+        else:
+            codes.append(names.get(builtin, f"UNKNOWN:{builtin}"))
+    counts = {}
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        for i in range(subgraph.OperatorsLength()):
+            name = codes[subgraph.Operators(i).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def check_builtin_ops(content):
+    """Raises ValueError if the TFLite model uses custom or Flex (select TF) ops."""
+    custom = sorted(name for name in tflite_ops(content) if name.startswith(("CUSTOM", "UNKNOWN")))
+    if custom:
+        raise ValueError(f"TFLite model needs non-builtin ops {custom}; it would not run in LiteRT")
+
+
+def make_interpreter(model_path=None, model_content=None, num_threads=2):
+    """A TFLite interpreter (XNNPACK CPU), from `ai-edge-litert` when installed, else `tf.lite`.
+
+    `tf.lite.Interpreter` is deprecated in favour of LiteRT; both run the same builtin ops.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    interpreter = Interpreter(model_path=model_path, model_content=model_content,
+                              num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_tflite(interpreter, images):
+    """Runs the "serving_default" signature on uint8 `(1, h, w, 3)` images; returns the output dict."""
+    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
+    return runner(images=np.asarray(images, np.uint8))
