@@ -153,7 +153,8 @@ def field_names():
 
 PRESETS = {
     # The main job: small enough for ~10 minutes on 2 CPU cores (see README for what it reaches).
-    "synthetic": RunConfig(),
+    # Measured: ~0.45 s per step of 8 crops of 128x256 on 2 cores; 15 x 50 steps.
+    "synthetic": RunConfig(backbone_width=16, head_filters=64, low_level_filters=16, epochs=15),
     # The paper's recipe (section IV): ResNet-50, SGD momentum 0.9, weight decay 5e-4, batch 2 per
     # GPU, lr 0.01 with polynomial decay, 150 epochs. The crop is not in the paper; 768x768 is the
     # common Cityscapes crop (DeepLab uses 769) that fits batch 2 of the two-scale ResNet-50 in 12 GB.

@@ -22,19 +22,20 @@ def make_strategy(name="auto"):
     auto: MirroredStrategy over all GPUs when there are several, else the default strategy.
     multiworker: MultiWorkerMirroredStrategy; reads the cluster from the TF_CONFIG variable.
     """
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "one":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
                 "strategy='multiworker' needs the TF_CONFIG environment variable (cluster and "
                 "task index of this worker); see README 'Training on several machines'")
+        # Checked first: listing logical devices would initialise TF before collectives can be set.
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     raise ValueError(f"strategy={name!r}: expected auto, mirrored, multiworker or one")
 
 
@@ -102,7 +103,7 @@ def train_multi_worker(model, optimizer, loss_fn, dataset_fn, *, epochs, steps_p
     def average_statistics():
         def replica_fn():
             context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value for v in stats])
+            return context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in stats])
 
         averaged = strategy.experimental_local_results(strategy.run(replica_fn))[0]
         for variable, value in zip(stats, averaged):

@@ -219,6 +219,8 @@ def train(config, *, extra_callbacks=(), log=print):
     "steps" (optimizer steps in total), "seconds".
     """
     start = time.time()
+    # First: MultiWorkerMirroredStrategy must be created before any other TensorFlow op.
+    strategy = make_strategy(config.strategy)
     info = dataset_info(config)
     _check_run_dir(config)
     os.makedirs(config.run_dir, exist_ok=True)
@@ -229,7 +231,6 @@ def train(config, *, extra_callbacks=(), log=print):
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        strategy = make_strategy(config.strategy)
         global_batch = config.batch_size * strategy.num_replicas_in_sync
         steps = steps_per_epoch(config, global_batch, log)
         with strategy.scope():
