@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import evaluate
 import synergyseg
+import synergyseg.run_folder
 from synergyseg.data import SYNTHETIC, decode_example, synthetic
 from synergyseg.evaluation import ABLATION_FUSIONS, figures
 
@@ -57,7 +58,7 @@ def test_run_folder_writes_every_table_and_figure(run_dir, capsys):
     assert saved["dataset"] == "synthetic" and saved["scored_classes"] == 10 and saved["images"] == 4
 
     # Table I equals an independent computation from model.predict on the same records.
-    model = synergyseg.evaluation.loading.load_model(str(run_dir / "best.keras"))
+    model = synergyseg.run_folder.load_model(str(run_dir / "best.keras"))
     expected = _numpy_mean_iou(model, str(run_dir.parent / "data" / "val-*.tfrecord"), 10)
     assert saved["accuracy"]["mean_iou"] == pytest.approx(expected, abs=1e-9)
     with open(out / "accuracy.csv") as f:

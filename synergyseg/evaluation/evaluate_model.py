@@ -21,8 +21,8 @@ from synergyseg.evaluation import figures, report, speed
 from synergyseg.evaluation.ablation import ABLATION_FUSIONS
 from synergyseg.evaluation.cityscapes_results import CityscapesResultWriter
 from synergyseg.evaluation.evaluator import ExampleCollector, evaluate_batches, validation_batches
-from synergyseg.evaluation.loading import (
-    dataset_info, load_model, num_outputs, resolve_model, validation_pattern)
+from synergyseg.evaluation.loading import dataset_info, num_outputs, resolve_model, validation_pattern
+from synergyseg.run_folder import load_model
 from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
 from synergyseg.synergy import submodel_of
 

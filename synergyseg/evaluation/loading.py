@@ -5,34 +5,19 @@ import glob
 import json
 import os
 
-import keras
-
 import synergyseg  # noqa: F401  (registers the custom layers before a model is loaded)
 from synergyseg.data import CITYSCAPES, SYNTHETIC, DatasetInfo, mapillary_info
 from synergyseg.data.info import NUM_CITYSCAPES_LABEL_IDS
+from synergyseg.run_folder import resolve_model_path
 
-# A run folder's checkpoints, best first (train.py writes them).
-RUN_MODEL_FILES = ("best.keras", "final.keras")
 DATASETS = ("synthetic", "cityscapes", "mapillary")
 
 
 def resolve_model(run_or_model):
     """`(model_path, config dict or None)` for a run folder (best.keras, else final.keras) or a `.keras` file."""
-    if os.path.isdir(run_or_model):
-        for name in RUN_MODEL_FILES:
-            path = os.path.join(run_or_model, name)
-            if os.path.isfile(path):
-                return path, read_config(os.path.join(run_or_model, "config.json"))
-        raise FileNotFoundError(
-            f"run folder {run_or_model!r} holds neither {' nor '.join(RUN_MODEL_FILES)}; has training "
-            "finished an epoch?")
-    if not os.path.isfile(run_or_model):
-        raise FileNotFoundError(f"RUN_OR_MODEL {run_or_model!r} is neither a run folder nor a file")
-    if not run_or_model.endswith(".keras"):
-        raise ValueError(f"RUN_OR_MODEL {run_or_model!r}: expected a run folder or a .keras file")
+    model_path = resolve_model_path(run_or_model)
     # A model inside a run folder still has that run's config beside it.
-    config = read_config(os.path.join(os.path.dirname(os.path.abspath(run_or_model)), "config.json"))
-    return run_or_model, config
+    return model_path, read_config(os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json"))
 
 
 def read_config(path):
@@ -44,14 +29,6 @@ def read_config(path):
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
-
-
-def load_model(path):
-    """Loads a `.keras` model with safe_mode (no arbitrary code)."""
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # Keras raises many types; the file name is what the user needs.
-        raise ValueError(f"could not load model {path!r}: {e}") from e
 
 
 def num_outputs(model):

@@ -7,7 +7,7 @@ import time
 
 import keras
 
-from synergyseg.export.model_file import (
+from synergyseg.run_folder import (
     check_synergyseg_model, load_synergyseg_model, resolve_model_path)
 from synergyseg.export.onnx import export_onnx
 from synergyseg.export.saved_model import export_saved_model

@@ -1,4 +1,4 @@
-"""Load the trained SynergySeg model to export from a `.keras` file or a training run folder."""
+"""Finding and loading the trained model in a `.keras` file or a train.py run folder (for evaluate and export)."""
 
 import os
 
@@ -29,8 +29,17 @@ def resolve_model_path(path):
     return path
 
 
+def load_model(path):
+    """Loads the model in a `.keras` file or run folder with safe_mode (no arbitrary code), naming the file on error."""
+    model_path = resolve_model_path(path)
+    try:
+        return keras.models.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises many types for a corrupt or foreign file.
+        raise ValueError(f"Cannot load {model_path!r} as a Keras model: {e}") from e
+
+
 def load_synergyseg_model(path):
-    """Loads a trained SynergySeg model for export, with a clear error if `path` holds something else.
+    """Loads a trained SynergySeg model, with a clear error if `path` holds something else.
 
     Args:
         path: a `.keras` file saved from `build_synergyseg`, or a run folder written by train.py.
@@ -42,12 +51,8 @@ def load_synergyseg_model(path):
         FileNotFoundError: `path` (or the run folder's checkpoint) does not exist.
         ValueError: the file is not a Keras model, or not a SynergySeg model.
     """
-    model_path = resolve_model_path(path)
-    try:
-        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as e:  # Keras raises many types for a corrupt or foreign file.
-        raise ValueError(f"Cannot load {model_path!r} as a Keras model: {e}") from e
-    check_synergyseg_model(model, model_path)
+    model = load_model(path)
+    check_synergyseg_model(model, resolve_model_path(path))
     return model
 
 
