@@ -37,7 +37,10 @@ class ImageNetNormalization(keras.layers.Layer):
             _check_images(shape)
         x = ops.cast(images, self.compute_dtype)
         mean = ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
-        return ops.flip(x, axis=-1) - mean
+        # RGB -> BGR as a gather, not ops.flip: TFLite's int8 quantizer gives REVERSE_V2's output
+        # its own scale, but the kernel copies bytes, so a full-int8 model saw a distorted image
+        # (1.49 * pixel - 115 on one calibration); GATHER keeps its input's scale. Same values.
+        return ops.take(x, [2, 1, 0], axis=-1) - mean
 
     def compute_output_shape(self, input_shape):
         return input_shape

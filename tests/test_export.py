@@ -18,19 +18,21 @@ import tensorflow as tf
 import synergyseg
 from synergyseg.data import SYNTHETIC, eval_dataset, synthetic
 from synergyseg.export import (
-    FORMATS, QUANTIZATIONS, build_serving_model, check_builtin_ops, check_tflite_size,
-    convert_tflite, export_model, load_synergyseg_model, make_interpreter, run_tflite, tflite_ops)
+    FORMATS, QUANTIZATIONS, build_serving_model, check_builtin_ops, check_int8_scales,
+    check_tflite_size, convert_tflite, export_model, load_synergyseg_model, make_interpreter,
+    run_tflite, tflite_ops)
 from synergyseg.export.cli import main as cli_main
 
 HEIGHT, WIDTH = 48, 96  # synthetic scene size, also the TFLite input size
 TINY = dict(backbone="resnet18", backbone_width=8, head_filters=16, low_level_filters=8)
 # float16 stores weights rounded to 11 significant bits; measured max |dp| on this model ~1e-3.
 FLOAT16_TOLERANCE = 1e-2
-# Issue 6 asks for 0.97. NOT MET YET: this tiny trained model's full-int8 file agrees with Keras
-# on only 0.51-0.62 of pixels (errors grow through the trunk's per-tensor int8 activations; the
-# same holds for the DeepLabV3+ alone). This floor catches a broken calibration (a random class
-# map agrees on ~1/num_classes) until the int8 recipe is fixed; see BENCHMARKS.md "## Export".
-INT8_MIN_AGREEMENT = 0.45
+# Issue 6: full-integer int8 must give Keras's class on at least 97% of pixels. Measured on this
+# model, calibrated on 4 training scenes: 99.1% of the 4 validation scenes' pixels (99.2% of 32
+# scenes; 99.4% calibrated on 32), mIoU 0.337 -> 0.337. For scale: float16 agrees on 99.8%, and
+# Keras with +-2 noise on the pixels on 99.5% (near-tied pixels at boundaries).
+INT8_MIN_AGREEMENT = 0.97
+INT8_MAX_MIOU_DROP = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +48,22 @@ def run_dir(data_dir, tmp_path_factory):
     """A train.py-like run folder holding best.keras of a briefly trained tiny model."""
     keras.utils.set_random_seed(0)
     model = synergyseg.build_synergyseg(SYNTHETIC.num_classes, **TINY)
+    # Many small steps, not a few big ones: BatchNorm's moving statistics (momentum 0.99) need
+    # ~100 updates to reach the trained weights' statistics, and inference uses them. After 30
+    # steps the inference-mode model still called 65% of pixels "truck" (mIoU 0.10 vs 0.27 with
+    # batch statistics). steps_per_execution cuts the per-step overhead of the tiny batches.
     model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(ignore_class=255))
+                  keras.losses.SparseCategoricalCrossentropy(ignore_class=255),
+                  steps_per_execution=8)
     images, labels = next(iter(eval_dataset(str(data_dir / "train-*"), batch_size=16)))
-    model.fit(images.numpy(), labels.numpy(), batch_size=8, epochs=TRAIN_EPOCHS, verbose=0)
+    model.fit(images.numpy(), labels.numpy(), batch_size=TRAIN_BATCH, epochs=TRAIN_EPOCHS,
+              verbose=0)
     run = tmp_path_factory.mktemp("run")
     model.save(run / "best.keras")
     return run
 
 
-TRAIN_EPOCHS = 15
+TRAIN_BATCH, TRAIN_EPOCHS = 2, 20  # 160 steps
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,7 @@ def model(run_dir):
 def exported(run_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "artifacts"
     return export_model(run_dir, out, tflite_size=(HEIGHT, WIDTH),
-                        calibration=str(data_dir / "val-*"), num_calibration_images=4, log=None)
+                        calibration=str(data_dir / "train-*"), num_calibration_images=4, log=None)
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +205,15 @@ def test_tflite_int8_agrees_with_keras(model, exported, val_set):
     agreement = (class_map == expected).mean()
     keras_miou = _mean_iou(expected, labels, SYNTHETIC.num_classes)
     int8_miou = _mean_iou(class_map, labels, SYNTHETIC.num_classes)
+    shares = np.bincount(expected.ravel(), minlength=SYNTHETIC.num_classes) / expected.size
     print(f"int8 vs Keras: {agreement:.2%} of pixels agree; mIoU {keras_miou:.3f} -> "
-          f"{int8_miou:.3f} (drop {keras_miou - int8_miou:+.3f})")
+          f"{int8_miou:.3f} (drop {keras_miou - int8_miou:+.3f}); Keras class shares "
+          f"{np.round(shares, 3).tolist()}")
+    # The model really segments: no class map close to constant could reach the agreement.
+    assert shares.max() < 0.5 and (shares > 0.05).sum() >= 4, shares
+    assert keras_miou > 0.25
     assert agreement >= INT8_MIN_AGREEMENT
+    assert keras_miou - int8_miou <= INT8_MAX_MIOU_DROP
 
 
 def _assert_full_integer(content):
@@ -217,6 +231,46 @@ def _assert_full_integer(content):
         if op.OpcodeIndex() in conv:
             types.update(graph.Tensors(op.Inputs(j)).Type() for j in range(2))
     assert types == {schema.TensorType.INT8}
+
+
+@pytest.mark.parametrize("channel_flip", ["reverse", "gather"])
+def test_int8_scale_check_flags_exactly_the_misquantized_copy_ops(channel_flip):
+    # The RGB -> BGR flip of ImageNetNormalization, as tf.reverse (REVERSE_V2: TF 2.21's quantizer
+    # gives its output a scale of its own, though the kernel copies bytes) and as tf.gather.
+    mean = tf.constant([103.939, 116.779, 123.68])
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 8, 8, 3), tf.uint8)])
+    def normalize(images):
+        x = tf.cast(images, tf.float32)
+        x = tf.reverse(x, [-1]) if channel_flip == "reverse" else tf.gather(x, [2, 1, 0], axis=-1)
+        x = x - mean
+        return tf.nn.relu(x) * 0.5 + x  # a consumer, as the first conv is in the model
+
+    rng = np.random.default_rng(3)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [normalize.get_concrete_function()], normalize)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.representative_dataset = lambda: (
+        [rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)] for _ in range(8))
+    content = converter.convert()
+    images = rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+    interpreter = make_interpreter(model_content=content)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    error = np.abs(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+                   - normalize(images).numpy()).max()
+    try:
+        check_int8_scales(content)
+        flagged = False
+    except ValueError as e:
+        assert "REVERSE_V2" in str(e)
+        flagged = True
+    # Output range ~380 in 256 steps: a correct file is off by a step or two (measured 2.2),
+    # the mis-scaled flip by ~90.
+    assert flagged == (error > 10), (channel_flip, error)
+    if channel_flip == "gather":
+        assert not flagged
 
 
 def test_tflite_files_use_builtin_ops_only(exported):

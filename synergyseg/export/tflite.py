@@ -80,6 +80,8 @@ def convert_tflite(model, size, quantization="float32", calibration_images=None)
         raise ValueError("int8 TFLite needs calibration_images (uint8 (1, h, w, 3) arrays)")
     content = _convert(build_serving_model(model), size, quantization, calibration_images)
     check_builtin_ops(content)
+    if quantization == "int8":
+        check_int8_scales(content)
     return content
 
 
@@ -107,8 +109,8 @@ def calibration_images(file_pattern, size, num_images=100):
         yield tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
 
 
-def tflite_ops(content):
-    """`{op name: count}` of a TFLite flatbuffer; custom ops (Flex included) appear as "CUSTOM:<code>"."""
+def _operators(content):
+    """Yields `(op name, operator, subgraph)` for every operator of a TFLite flatbuffer."""
     from synergyseg.export._tflite_schema import schema
 
     model = schema.Model.GetRootAsModel(content, 0)
@@ -122,12 +124,18 @@ def tflite_ops(content):
             codes.append(f"CUSTOM:{(code.CustomCode() or b'').decode()}")
         else:
             codes.append(names.get(builtin, f"UNKNOWN:{builtin}"))
-    counts = {}
     for g in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(g)
         for i in range(subgraph.OperatorsLength()):
-            name = codes[subgraph.Operators(i).OpcodeIndex()]
-            counts[name] = counts.get(name, 0) + 1
+            operator = subgraph.Operators(i)
+            yield codes[operator.OpcodeIndex()], operator, subgraph
+
+
+def tflite_ops(content):
+    """`{op name: count}` of a TFLite flatbuffer; custom ops (Flex included) appear as "CUSTOM:<code>"."""
+    counts = {}
+    for name, _, _ in _operators(content):
+        counts[name] = counts.get(name, 0) + 1
     return counts
 
 
@@ -136,6 +144,53 @@ def check_builtin_ops(content):
     custom = sorted(name for name in tflite_ops(content) if name.startswith(("CUSTOM", "UNKNOWN")))
     if custom:
         raise ValueError(f"TFLite model needs non-builtin ops {custom}; it would not run in LiteRT")
+
+
+# Ops whose int8 kernels move or pick values (their first input) without rescaling them, so the
+# output must carry the input's scale and zero point or every value is misread. TF 2.21's
+# quantizer breaks this for REVERSE_V2 (tf.reverse, keras.ops.flip): it calibrates the output a
+# scale of its own, and a channel flip of 0..255 pixels came out as 1.49 * pixel - 115.
+SAME_SCALE_INT8_OPS = frozenset({
+    "BROADCAST_TO", "DEPTH_TO_SPACE", "EXPAND_DIMS", "GATHER", "MAX_POOL_2D", "PAD", "PADV2",
+    "REDUCE_MAX", "REDUCE_MIN", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR",
+    "REVERSE_V2", "SLICE", "SPACE_TO_DEPTH", "SPLIT_V", "SQUEEZE", "STRIDED_SLICE", "TILE",
+    "TRANSPOSE",
+})
+
+
+def _int8_params(tensor):
+    from synergyseg.export._tflite_schema import schema
+
+    quantization = tensor.Quantization()
+    if tensor.Type() != schema.TensorType.INT8 or quantization is None:
+        return None
+    scales, zero_points = quantization.ScaleAsNumpy(), quantization.ZeroPointAsNumpy()
+    return tuple(scales.tolist()), tuple(zero_points.tolist())
+
+
+def check_int8_scales(content):
+    """Raises ValueError if an int8 op that copies values (`SAME_SCALE_INT8_OPS`) rescales them.
+
+    Such a file runs, but that op's output no longer means what the graph computes: a converter
+    mistake, caught here rather than shipped as a silently wrong class map.
+    """
+    wrong = []
+    for name, operator, subgraph in _operators(content):
+        if name not in SAME_SCALE_INT8_OPS:
+            continue
+        source = subgraph.Tensors(operator.Inputs(0))
+        expected = _int8_params(source)
+        for j in range(operator.OutputsLength()):
+            output = subgraph.Tensors(operator.Outputs(j))
+            got = _int8_params(output)
+            if expected is not None and got is not None and got != expected:
+                wrong.append(f"{name} {output.Name().decode()!r}: input scale/zero point "
+                             f"{expected[0][0]:.6g}/{expected[1][0]}, "
+                             f"output {got[0][0]:.6g}/{got[1][0]}")
+    if wrong:
+        raise ValueError("int8 TFLite model rescales values in ops that cannot rescale (the "
+                         "converter mis-quantized them; avoid these ops before export): "
+                         + "; ".join(wrong))
 
 
 def make_interpreter(model_path=None, model_content=None, num_threads=2):
