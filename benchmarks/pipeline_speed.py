@@ -5,8 +5,9 @@
 
 The pipeline must never be the bottleneck: its images/s should stay well above the model's.
 Cases (name: image size, crop, batch, model):
-    synthetic:  128x256 scenes (train.py's default), crop 128x256, batch 8, ResNet-18 SynergySeg
-    synth-256:  256x512 scenes, crop 256x512, batch 8, ResNet-18 SynergySeg
+    synthetic:  128x256 scenes (train.py's default), crop 128x256, batch 8, the synthetic
+                preset's narrow ResNet-18 SynergySeg
+    synth-256:  256x512 scenes, crop 256x512, batch 8, the same model
     cityscapes: 1024x2048 scenes (Cityscapes' size, PNG), crop 768x768, batch 2, ResNet-50
                 SynergySeg (the cityscapes preset)
     cityscapes-jpeg: the same with JPEG images (`datasets/cityscapes.py --image-format jpeg`)
@@ -25,12 +26,15 @@ import tensorflow as tf  # noqa: E402
 
 from synergyseg import data  # noqa: E402
 
-# name: (scene size, image format, crop, batch, backbone, model steps to time; 0: not timed again)
+# train.py's synthetic preset: a narrow ResNet-18 so a run fits in ~10 minutes on 2 cores.
+SMALL = dict(backbone="resnet18", backbone_width=16, head_filters=64, low_level_filters=16)
+PAPER = dict(backbone="resnet50")
+# name: (scene size, image format, crop, batch, model, model steps to time; 0: not timed)
 CASES = {
-    "synthetic": ((128, 256), "png", (128, 256), 8, "resnet18", 5),
-    "synth-256": ((256, 512), "png", (256, 512), 8, "resnet18", 3),
-    "cityscapes": ((1024, 2048), "png", (768, 768), 2, "resnet50", 2),
-    "cityscapes-jpeg": ((1024, 2048), "jpeg", (768, 768), 2, "resnet50", 0),
+    "synthetic": ((128, 256), "png", (128, 256), 8, SMALL, 5),
+    "synth-256": ((256, 512), "png", (256, 512), 8, SMALL, 3),
+    "cityscapes": ((1024, 2048), "png", (768, 768), 2, PAPER, 2),
+    "cityscapes-jpeg": ((1024, 2048), "jpeg", (768, 768), 2, PAPER, 0),
 }
 
 
@@ -45,13 +49,13 @@ def pipeline_rate(pattern, crop, batch, batches, jitter):
     return batches * batch / (time.perf_counter() - start)
 
 
-def model_rate(num_classes, backbone, crop, batch, steps):
+def model_rate(num_classes, model_kwargs, crop, batch, steps):
     """Images/s of `model.fit`-style train steps of SynergySeg on random inputs."""
     import keras
 
     import synergyseg
 
-    model = synergyseg.build_synergyseg(num_classes, backbone=backbone)
+    model = synergyseg.build_synergyseg(num_classes, **model_kwargs)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=255))
     x = np.random.uniform(0, 255, (batch,) + tuple(crop) + (3,)).astype(np.float32)
@@ -77,7 +81,7 @@ def main():
     print(f"{'case':<15} {'scene':>10} {'crop':>9} {'batch':>5} {'pipeline img/s':>15} "
           f"{'model':>9} {'model img/s':>12}")
     for name in args.cases:
-        (h, w), image_format, crop, batch, backbone, steps = CASES[name]
+        (h, w), image_format, crop, batch, model_kwargs, steps = CASES[name]
         out = os.path.join(args.data_dir, f"{h}x{w}-{image_format}")
         if not os.path.exists(os.path.join(out, data.shard_name("train", 0, 4))):
             data.synthetic.generate(out, num_train=args.images, num_val=0, height=h, width=w,
@@ -85,9 +89,9 @@ def main():
         pattern = os.path.join(out, "train-*.tfrecord")
         images = pipeline_rate(pattern, crop, batch, args.batches, args.jitter)
         model = float("nan") if args.skip_model or not steps else model_rate(
-            data.SYNTHETIC.num_classes, backbone, crop, batch, steps)
+            data.SYNTHETIC.num_classes, model_kwargs, crop, batch, steps)
         print(f"{name:<15} {f'{h}x{w}':>10} {f'{crop[0]}x{crop[1]}':>9} {batch:>5} "
-              f"{images:>15.1f} {backbone:>9} {model:>12.2f}", flush=True)
+              f"{images:>15.1f} {model_kwargs['backbone']:>9} {model:>12.2f}", flush=True)
 
 
 if __name__ == "__main__":
