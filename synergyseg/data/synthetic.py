@@ -134,9 +134,10 @@ def _frontal_facade(canvas, rng, y0, y1, x0, x1, cls):
     y0, y1, x0, x1 = canvas.rect(y0, y1, x0, x1, 0.0, cls)
     if y0 >= y1 or x0 >= x1:
         return
-    size = max(y1 - y0, 1)
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    period = size * rng.uniform(0.08, 0.2)
+    # The window period is drawn relative to the image, not the box, so a wall and a truck of
+    # the same size on screen cannot be told apart by it.
+    period = canvas.h * rng.uniform(0.03, 0.09)
     windows = _window_mask(xx - x0, yy - y0, period * rng.uniform(1.0, 2.0), period, 0.5, 0.55)
     base = _FACADE_PALETTE[rng.integers(0, len(_FACADE_PALETTE))] + rng.normal(0, 8, 3)
     canvas.image[y0:y1, x0:x1] = _facade_texture(rng, yy.shape, windows, base.astype(np.float32))
@@ -216,8 +217,9 @@ def render_scene(seed, height=256, width=512):
     below = height - yh
 
     # Optional end-of-street wall (a frontal facade), then things on the street, far first.
-    if rng.random() < 0.4:
-        d_end = width * rng.uniform(0.04, 0.3)
+    if rng.random() < 0.7:
+        # Often near and wide, so large frontal facades (truck-like texture) are common.
+        d_end = width * rng.uniform(0.04, 0.5)
         _frontal_facade(canvas, rng, yh - d_end * rng.uniform(0.4, 1.5), yh + d_end / side_slope,
                         xv - d_end, xv + d_end, BUILDING)
     unit = height / 256  # distances below are in rows of a 256-row image
