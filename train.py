@@ -27,6 +27,8 @@ def parse_args(argv=None):
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="named configuration (default: synthetic)")
     parser.add_argument("--config", help="a run's config.json to repeat or resume")
+    parser.add_argument("--no-evaluation", action="store_true",
+                        help="skip evaluate.py's tables and figures after training (RUN/evaluation)")
     defaults = RunConfig()
     for field in dataclasses.fields(RunConfig):
         if field.name == "preset":
@@ -53,17 +55,22 @@ def parse_args(argv=None):
             config = preset(args.preset or "synthetic", **overrides)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    return config
+    return config, args.no_evaluation
 
 
 def main(argv=None):
-    config = parse_args(argv)
+    config, no_evaluation = parse_args(argv)
     print(json.dumps(config.to_dict(), sort_keys=True))
     # Imported here so --help answers without loading TensorFlow.
     from synergyseg.training import train
     result = train(config)
     print(json.dumps({"run_dir": config.run_dir, "steps": result["steps"],
                       "seconds": round(result["seconds"], 1), "metrics": result["metrics"]}, indent=2))
+    if result["metrics"] is not None and not no_evaluation:
+        # The paper's Table I, the fusion ablation and the figures, into RUN/evaluation (only the
+        # chief of a multi-worker run has metrics); speed is evaluate.py's separate job.
+        from synergyseg.evaluation import EvaluationOptions, evaluate_model
+        evaluate_model(EvaluationOptions(run_or_model=config.run_dir, speed=False, progress=False))
     return 0
 
 
