@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 
+from synergyseg.atomic import write_json
 from synergyseg.data import info as data_info
 
 DATASETS = ("synthetic", "cityscapes", "mapillary")
@@ -118,12 +119,7 @@ class RunConfig:
 
     def to_json(self, path):
         """Writes the config atomically (temp file, then rename)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, values):

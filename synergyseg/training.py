@@ -11,7 +11,6 @@ tensorboard/.
 
 import glob
 import json
-import math
 import os
 import time
 
@@ -21,6 +20,7 @@ import tensorflow as tf
 
 import synergyseg
 from synergyseg import callbacks as cb
+from synergyseg.atomic import atomic_output, write_json
 from synergyseg import data
 from synergyseg.config import dataset_info
 from synergyseg.distribute import is_chief, make_strategy, task_index, train_multi_worker
@@ -173,10 +173,8 @@ def _check_run_dir(config):
 
 def save_model(model, path):
     """Saves a `.keras` file atomically."""
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.partial{ext}"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        model.save(tmp)
 
 
 def evaluate_model(model, config, info, log=print):
@@ -202,14 +200,6 @@ def evaluate_model(model, config, info, log=print):
     }
     log(f"validation mean IoU {metrics['mean_iou']:.4f} (constant prediction {constant:.4f})")
     return metrics
-
-
-def _write_json(values, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def train(config, *, extra_callbacks=(), log=print):
@@ -252,7 +242,7 @@ def train(config, *, extra_callbacks=(), log=print):
         keras.mixed_precision.set_global_policy(previous_policy)
     save_model(inference_model(model), os.path.join(config.run_dir, "final.keras"))
     metrics = evaluate_model(model, config, info, log)
-    _write_json(metrics, os.path.join(config.run_dir, "metrics.json"))
+    write_json(os.path.join(config.run_dir, "metrics.json"), metrics)
     return {"history": history.history, "metrics": metrics,
             "steps": int(optimizer.iterations.numpy()), "seconds": time.time() - start}
 
@@ -277,5 +267,5 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
         single.set_weights([np.asarray(w) for w in model.get_weights()])
         save_model(inference_model(single), os.path.join(run, "final.keras"))
         result["metrics"] = evaluate_model(single, config, info, log)
-        _write_json(result["metrics"], os.path.join(run, "metrics.json"))
+        write_json(os.path.join(run, "metrics.json"), result["metrics"])
     return result

@@ -2,7 +2,6 @@
 `cityscapes/semantic_segmentation` offline from two zips in the official layout."""
 
 import io
-import os
 import zipfile
 
 import numpy as np

@@ -18,7 +18,7 @@ import tensorflow as tf
 import synergyseg
 from synergyseg.data import SYNTHETIC, eval_dataset, synthetic
 from synergyseg.export import (
-    FORMATS, QUANTIZATIONS, build_serving_model, check_builtin_ops, check_int8_scales,
+    QUANTIZATIONS, build_serving_model, check_builtin_ops, check_int8_scales,
     check_tflite_size, convert_tflite, export_model, load_synergyseg_model, make_interpreter,
     run_tflite, tflite_ops)
 from synergyseg.export.cli import main as cli_main

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from synergyseg.atomic import write_text
 from synergyseg.data.info import IGNORE_LABEL
 
 # Per-shard statistics live beside the shards so a resumed run can still print the full summary.
@@ -68,13 +69,6 @@ def _stats_path(out_dir, name):
     return os.path.join(out_dir, _STATS_DIR, name + ".json")
 
 
-def _atomic_write_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _write_shard(out_dir, split, index, num_shards, items, encode_fn):
     """Worker: encode `items` into one shard; returns (index, images, pixel counts)."""
     import tensorflow as tf  # imported here so spawned workers that never write shards stay light
@@ -90,7 +84,7 @@ def _write_shard(out_dir, split, index, num_shards, items, encode_fn):
                 writer.write(record)
                 counts += histogram
         # Stats first, shard last: a shard under its final name always has its stats.
-        _atomic_write_text(_stats_path(out_dir, name),
+        write_text(_stats_path(out_dir, name),
                            json.dumps({"images": len(items), "pixel_counts": counts.tolist()}))
         os.replace(tmp, path)
     except BaseException:

@@ -8,11 +8,11 @@ Files are written as `DIR/<city>/<city>_<sequence>_<frame>_leftImg8bit.png`.
 
 import os
 import re
-import tempfile
 
 import numpy as np
 from PIL import Image
 
+from synergyseg.atomic import atomic_output
 from synergyseg.data import CITYSCAPES_TRAIN_ID_TO_ID
 
 _FRAME = re.compile(r"([a-z][a-z-]*)_(\d{6})_(\d{6})")
@@ -42,12 +42,8 @@ def result_path(out_dir, filename):
 def write_result(out_dir, filename, prediction):
     """Writes one prediction (train ids, (H, W)) as a label-id PNG; returns its path."""
     path = result_path(out_dir, filename)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Written beside its final name and renamed, so an interrupted run leaves no half-written PNG.
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(path))
-    with os.fdopen(fd, "wb") as f:
-        Image.fromarray(train_ids_to_label_ids(prediction)).save(f, format="PNG")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        Image.fromarray(train_ids_to_label_ids(prediction)).save(tmp, format="PNG")
     return path
 
 

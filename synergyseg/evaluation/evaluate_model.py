@@ -22,6 +22,7 @@ from synergyseg.evaluation.ablation import ABLATION_FUSIONS
 from synergyseg.evaluation.cityscapes_results import CityscapesResultWriter
 from synergyseg.evaluation.evaluator import ExampleCollector, evaluate_batches, validation_batches
 from synergyseg.evaluation.loading import dataset_info, num_outputs, resolve_model, validation_pattern
+from synergyseg.atomic import write_text
 from synergyseg.run_folder import load_model
 from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
 from synergyseg.synergy import submodel_of
@@ -154,8 +155,8 @@ def evaluate_model(options, log=print):
 
     markdown = "\n\n".join(sections) + "\n"
     for name, text in files.items():
-        report.write_text(os.path.join(out_dir, name), text)
-    report.write_text(os.path.join(out_dir, "report.md"), markdown)
+        write_text(os.path.join(out_dir, name), text)
+    write_text(os.path.join(out_dir, "report.md"), markdown)
     report.write_json(os.path.join(out_dir, "results.json"), results)
     log("\n" + markdown)
     log(f"Wrote {out_dir}")
@@ -169,8 +170,8 @@ def _speed_only(model_path, out_dir, options, log):
     measurements = _measure_speed(model, is_two_scale(model), options, log)
     results = {"model": os.path.abspath(model_path), "speed": measurements}
     markdown = f"## Speed\n\n{report.speed_markdown(measurements)}\n"
-    report.write_text(os.path.join(out_dir, "speed.csv"), _speed_csv(measurements))
-    report.write_text(os.path.join(out_dir, "report.md"), markdown)
+    write_text(os.path.join(out_dir, "speed.csv"), _speed_csv(measurements))
+    write_text(os.path.join(out_dir, "report.md"), markdown)
     report.write_json(os.path.join(out_dir, "results.json"), results)
     log("\n" + markdown)
     log(f"Wrote {out_dir}")

@@ -6,14 +6,14 @@ pixels, which depends only on its arguments.
 """
 
 import math
-import os
-import tempfile
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
+
+from synergyseg.atomic import atomic_output
 
 DPI = 100
 GRID_WIDTH_PX = 1600
@@ -36,11 +36,8 @@ def colorize(label_map, colors, ignore_label=255):
 
 def _save(figure, path, size_px):
     figure.set_size_inches(size_px[0] / DPI, size_px[1] / DPI)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "wb") as f:
-        FigureCanvasAgg(figure).print_png(f)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        FigureCanvasAgg(figure).print_png(tmp)
     return size_px
 
 

@@ -9,8 +9,8 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
+
+from synergyseg.atomic import write_text
 
 ABSENT = "—"
 
@@ -90,15 +90,6 @@ def confusion_csv(matrix, class_names):
     return out.getvalue()
 
 
-def write_text(path, text):
-    """Writes `text` to `path` atomically (temp file, then rename): never a half-written table."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 def write_json(path, record):

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from synergyseg.export.atomic import atomic_output
+from synergyseg.atomic import atomic_output
 from synergyseg.export.serving import build_serving_model
 
 SIGNATURE_KEY = "serving_default"

@@ -1,12 +1,11 @@
 """TFLite export at a fixed input size: float32, float16 weights, or full-integer int8, builtin ops only."""
 
-import os
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from synergyseg.export.atomic import atomic_output
+from synergyseg.atomic import atomic_output
 from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module
 from synergyseg.export.serving import build_serving_model
 

@@ -1,6 +1,11 @@
-"""Write a file or folder under a temporary name and move it into place only once it is complete."""
+"""Writing files and folders under a temporary name, moved into place only once complete.
+
+Every writer in synergyseg goes through here, so an interrupted run never leaves a half-written
+file under its final name.
+"""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -38,3 +43,16 @@ def atomic_output(path):
         os.replace(tmp, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_text(path, text):
+    """Writes `text` to `path` atomically; returns `path`."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
+
+
+def write_json(path, values):
+    """Writes `values` as indented, key-sorted JSON to `path` atomically; returns `path`."""
+    return write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
