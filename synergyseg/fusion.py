@@ -27,6 +27,8 @@ class _Fusion(keras.layers.Layer):
     """Shared plumbing: shape checks, U(s_lo), optional renormalization over classes."""
 
     def __init__(self, normalize=True, **kwargs):
+        # Probabilities stay float32 under a mixed-precision policy: eq. 1 and the loss need it.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.normalize = normalize
 
@@ -177,6 +179,10 @@ class UncertaintyMask(keras.layers.Layer):
     Inputs `[s_lo (batch, h, w, C), reference (batch, H, W, any)]`; output `(batch, H, W, 1)`,
     1 where the low scale is unsure (white in the paper's masks), near 0 where it is confident.
     """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # a probability map, like the fusions' outputs
+        super().__init__(**kwargs)
 
     def call(self, inputs):
         s_lo, reference = inputs

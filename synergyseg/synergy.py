@@ -58,7 +58,7 @@ def _two_scale(submodel, fuse, scale_outputs, name):
         return keras.Model(image, fused, name=name)
     outputs = {
         "fused": fused,
-        "s_lo": ResizeLike(name="s_lo_upsample")([s_lo, image]),
+        "s_lo": ResizeLike(name="s_lo_upsample", dtype="float32")([s_lo, image]),
         "s_hi": s_hi,
         "uncertainty": UncertaintyMask(name="uncertainty")([s_lo, image]),
     }

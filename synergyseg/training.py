@@ -183,7 +183,8 @@ def evaluate_model(model, config, info, log=print):
     Kept in one function so the full evaluation of `evaluate.py` can replace it.
     """
     model = inference_model(model)
-    model.compile(metrics=[mean_iou(config.num_classes)], jit_compile=False)
+    # A loss too: Keras's evaluate refuses a freshly built model compiled with metrics only.
+    model.compile(loss=segmentation_loss(), metrics=[mean_iou(config.num_classes)], jit_compile=False)
     model.evaluate(val_dataset(config), verbose=0)
     confusion = cb.find_mean_iou(model).total_cm.numpy()
     per_class = cb.iou_per_class(confusion)
@@ -211,6 +212,10 @@ def train(config, *, extra_callbacks=(), log=print):
     start = time.time()
     # First: MultiWorkerMirroredStrategy must be created before any other TensorFlow op.
     strategy = make_strategy(config.strategy)
+    if config.mixed_precision and config.jit_compile and not tf.config.list_physical_devices("GPU"):
+        # XLA's CPU backend rejects float16 graphs ("mixed precision is disallowed" in ReluGrad).
+        raise ValueError("mixed_precision and jit_compile cannot be combined on a CPU-only machine; "
+                         "drop one of them (both work together on GPUs)")
     info = dataset_info(config)
     _check_run_dir(config)
     os.makedirs(config.run_dir, exist_ok=True)

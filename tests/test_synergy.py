@@ -155,3 +155,18 @@ def test_real_resnet50_two_scale_trains_one_step_at_small_resolution():
     probs = model.predict(x, verbose=0)
     assert probs.shape == (2, 65, 97, 19)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_mixed_precision_model_still_outputs_float32_probabilities():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_synergyseg(5, scale_outputs=True, fusion="attention", **tiny_kwargs())
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    out = model.predict(_images(np.random.default_rng(8), (1, 24, 40, 3)), verbose=0)
+    for key, value in out.items():
+        assert value.dtype == np.float32, key
+    np.testing.assert_allclose(out["fused"].sum(-1), 1.0, atol=1e-5)
+    # The trunk really runs in float16: the point of the policy.
+    assert submodel_of(model).get_layer("backbone").get_layer("conv1_conv").compute_dtype == "float16"

@@ -101,3 +101,34 @@ def test_killed_run_resumes_at_the_same_epoch_and_step(data_dir, tmp_path):
     assert model.output_shape == (None, None, None, 10)
     with pytest.raises(ValueError, match="finished run"):
         train(config, log=lambda *a: None)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # XLA's CPU backend rejects mixed float16 graphs ("mixed precision is disallowed" in
+        # ReluGrad), so on this CPU the two options are tested apart; GPUs take both together.
+        dict(mixed_precision=True, clipnorm=1.0, aux_loss_weight=0.4),
+        dict(jit_compile=True, clipnorm=1.0),
+    ],
+    ids=["mixed_float16+clip+aux", "xla+clip"],
+)
+def test_real_training_options_train_and_restore_the_policy(data_dir, tmp_path, options):
+    config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=1,
+                    **options, **TINY)
+    result = train(config, log=lambda *a: None)
+    assert np.isfinite(result["history"]["loss"]).all()
+    assert np.isfinite(result["metrics"]["mean_iou"])
+    assert keras.mixed_precision.global_policy().name == "float32"  # set back after the run
+    model = keras.models.load_model(tmp_path / "run" / "final.keras", safe_mode=True)
+    # Whatever the training precision, the model hands float32 probabilities to its users.
+    probs = model.predict(np.zeros((1, 64, 128, 3), "float32"), verbose=0)
+    assert probs.dtype == np.float32 and probs.shape == (1, 64, 128, 10)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-3)
+
+
+def test_mixed_precision_with_xla_on_a_cpu_is_refused_up_front(data_dir, tmp_path):
+    config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=1,
+                    mixed_precision=True, jit_compile=True, **TINY)
+    with pytest.raises(ValueError, match="cannot be combined on a CPU-only machine"):
+        train(config, log=lambda *a: None)
