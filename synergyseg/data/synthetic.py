@@ -2,13 +2,15 @@
 
 The scenes are built to contain the two failure modes the paper addresses (Sec. III-A):
 
-* thin and far objects -- poles, signs, distant people and cars, 1-3 px wide at the working size
-  -- that a half-resolution input blurs away, and
-* large near objects whose local texture is ambiguous: a truck's container and a building facade
-  are drawn by the same texture function from the same palette, so only wide context (wheels and
-  road below, the cab at one end, sky above a finite box) tells them apart. Near trucks are
-  40-70 % of the image height and up to the full width, larger than what the full-scale branch
-  of a small DeepLabV3+ sees at 256x512.
+* thin and far objects -- dark poles, signs and distant people at least `height / 128` px wide
+  (2-3 px at 256x512) -- that the full scale can learn but a half-resolution input blurs away, and
+* large near objects whose local texture is ambiguous: a truck and a building front are drawn in
+  boxes from one distribution (45-80 % of the image height, 1.2-2.5 times as wide, standing on
+  the road) by the same texture function from the same palette, so only the wheels along the
+  bottom and the cab at one end tell them apart. Each is in 60 % of the scenes, often both, so
+  image-level context (ASPP's pooling) cannot decide either. Their interiors lie farther from
+  those cues than the full-scale branch of a small DeepLabV3+ effectively sees at 256x512,
+  while the half-scale branch sees twice the context.
 
 Geometry is a pinhole camera 1.5 m above a flat street: an object touching the ground `dy` rows
 below the horizon is drawn at `dy / 1.5` pixels per metre, so everything shrinks toward the
@@ -143,20 +145,40 @@ def _frontal_facade(canvas, rng, y0, y1, x0, x1, cls):
     canvas.image[y0:y1, x0:x1] = _facade_texture(rng, yy.shape, windows, base.astype(np.float32))
 
 
-def _truck(canvas, rng, yb, xc, ppm, facing):
-    """A side-on truck with its ground contact at row yb: container + cab + wheels."""
-    height, length = 3.6 * ppm, rng.uniform(8.0, 12.0) * ppm
-    x0 = xc - length / 2
-    cab = 0.22 * length
-    box_x0, box_x1 = (x0, x0 + length - cab) if facing > 0 else (x0 + cab, x0 + length)
-    wheel_r = 0.5 * ppm
-    _frontal_facade(canvas, rng, yb - height, yb - 1.1 * wheel_r, box_x0, box_x1, TRUCK)
-    canvas.rect(yb - 1.3 * wheel_r, yb - 0.4 * wheel_r, x0, x0 + length, (35, 35, 38), TRUCK)
-    cab_x0 = x0 + length - cab if facing > 0 else x0
+def _near_box(rng, height, width, yh, xv):
+    """Geometry `(yb, box_h, x0, x1)` of a near frontal box; trucks and walls share it.
+
+    One distribution for both means neither the size, the bottom row (both stand on the road)
+    nor the horizontal position tells a truck from a wall: only the wheels and the cab do.
+    The box is 45-80 % of the image height and 1.2-2.5 times as wide, far larger than what the
+    full-scale branch of a small DeepLabV3+ effectively sees at the working size.
+    """
+    below = height - yh
+    yb = yh + below * rng.uniform(0.35, 0.8)
+    box_h = height * rng.uniform(0.45, 0.8)
+    box_w = box_h * rng.uniform(1.2, 2.5)
+    xc = xv + width * rng.uniform(-0.35, 0.35)
+    return yb, box_h, xc - box_w / 2, xc + box_w / 2
+
+
+def _wall(canvas, rng, yb, box_h, x0, x1):
+    """A near building front standing on the road: the same textured box as a truck's container."""
+    _frontal_facade(canvas, rng, yb - box_h, yb, x0, x1, BUILDING)
+
+
+def _truck(canvas, rng, yb, box_h, x0, x1):
+    """A side-on truck in the box: a textured container, a cab at one end and wheels below."""
+    length = x1 - x0
+    cab = rng.uniform(0.16, 0.22) * length
+    facing = rng.choice([-1, 1])
+    box_x0, box_x1 = (x0, x1 - cab) if facing > 0 else (x0 + cab, x1)
+    wheel_r = 0.11 * box_h
+    _frontal_facade(canvas, rng, yb - box_h, yb - 1.1 * wheel_r, box_x0, box_x1, TRUCK)
+    cab_x0 = x1 - cab if facing > 0 else x0
     cab_color = _CAR_COLORS[rng.integers(0, len(_CAR_COLORS))]
-    canvas.rect(yb - 0.75 * height, yb - wheel_r, cab_x0, cab_x0 + cab, cab_color, TRUCK)
+    canvas.rect(yb - 0.75 * box_h, yb - wheel_r, cab_x0, cab_x0 + cab, cab_color, TRUCK)
     glass_x0 = cab_x0 + (0.45 * cab if facing > 0 else 0.1 * cab)
-    canvas.rect(yb - 0.7 * height, yb - 0.48 * height, glass_x0, glass_x0 + 0.45 * cab,
+    canvas.rect(yb - 0.7 * box_h, yb - 0.48 * box_h, glass_x0, glass_x0 + 0.45 * cab,
                 (40, 55, 70), TRUCK)
     for wx in (x0 + 0.12 * length, x0 + 0.3 * length, x0 + 0.85 * length):
         canvas.ellipse(yb - wheel_r, wx, wheel_r, wheel_r, (20, 20, 20), TRUCK)
@@ -175,7 +197,7 @@ def _car(canvas, rng, yb, xc, ppm):
 
 def _person(canvas, rng, yb, xc, ppm):
     """A standing person: legs, torso, head."""
-    height, width = rng.uniform(1.6, 1.9) * ppm, 0.5 * ppm
+    height, width = rng.uniform(1.6, 1.9) * ppm, max(0.5 * ppm, canvas.h / 128)
     legs, torso = rng.uniform(20, 120, 3), rng.uniform(20, 240, 3)
     canvas.rect(yb - 0.48 * height, yb, xc - width / 2, xc + width / 2, legs, PERSON)
     canvas.rect(yb - 0.85 * height, yb - 0.48 * height, xc - width / 2, xc + width / 2, torso,
@@ -184,12 +206,14 @@ def _person(canvas, rng, yb, xc, ppm):
 
 
 def _pole(canvas, rng, yb, xc, ppm):
-    """A pole 0.1-0.2 m thick and 4-7 m tall, with a sign on most: 1-3 px wide when far."""
-    width = max(rng.uniform(0.1, 0.2) * ppm, 1.0)
-    top = yb - rng.uniform(4.0, 7.0) * ppm
-    canvas.rect(top, yb, xc - width / 2, xc - width / 2 + width, rng.uniform(95, 125, 3), POLE)
+    """A dark pole 5-9 m tall, with a sign on most; at least `height / 128` px wide (2 px at
+    256 rows), so the full scale can learn it while half resolution blurs it into its background."""
+    thin = canvas.h / 128
+    width = max(rng.uniform(0.1, 0.2) * ppm, thin)
+    top = yb - rng.uniform(5.0, 9.0) * ppm
+    canvas.rect(top, yb, xc - width / 2, xc - width / 2 + width, rng.uniform(25, 40), POLE)
     if rng.random() < 0.6:
-        size = rng.uniform(0.5, 0.8) * ppm
+        size = max(rng.uniform(0.5, 0.8) * ppm, 2 * thin)
         color = _SIGN_COLORS[rng.integers(0, len(_SIGN_COLORS))]
         canvas.rect(top, top + size, xc - size / 2, xc + size / 2, color, SIGN)
 
@@ -216,10 +240,9 @@ def render_scene(seed, height=256, width=512):
     _street(canvas, rng, yh, xv, road_slope, side_slope)
     below = height - yh
 
-    # Optional end-of-street wall (a frontal facade), then things on the street, far first.
-    if rng.random() < 0.7:
-        # Often near and wide, so large frontal facades (truck-like texture) are common.
-        d_end = width * rng.uniform(0.04, 0.5)
+    # Optional far end-of-street wall, then things on the street, far first.
+    if rng.random() < 0.5:
+        d_end = width * rng.uniform(0.04, 0.15)
         _frontal_facade(canvas, rng, yh - d_end * rng.uniform(0.4, 1.5), yh + d_end / side_slope,
                         xv - d_end, xv + d_end, BUILDING)
     unit = height / 256  # distances below are in rows of a 256-row image
@@ -229,10 +252,10 @@ def render_scene(seed, height=256, width=512):
         low = far_rows * unit
         return float(np.exp(rng.uniform(np.log(low), np.log(max(near_fraction * below, low)))))
 
-    things = []  # (dy, kind, lateral position in units of dy)
-    for _ in range(rng.integers(6, 14)):  # poles on both sidewalks, mostly far
+    things = []  # (dy, kind, lateral position in units of dy, or a near box)
+    for _ in range(rng.integers(16, 30)):  # poles on both sidewalks, mostly far
         side = rng.choice([-1, 1]) * rng.uniform(road_slope * 1.05, side_slope * 0.95)
-        things.append((distance(0.25, 5), "pole", side))
+        things.append((distance(0.3, 5), "pole", side))
     for _ in range(rng.integers(4, 10)):
         side = rng.choice([-1, 1]) * rng.uniform(road_slope, side_slope)
         things.append((distance(0.4, 3), "person", side))
@@ -241,17 +264,24 @@ def render_scene(seed, height=256, width=512):
     for _ in range(rng.integers(0, 4)):
         side = rng.choice([-1, 1]) * rng.uniform(road_slope * 1.1, side_slope)
         things.append((distance(0.4, 4), "tree", side))
-    if rng.random() < 0.6:
-        # A near truck: 40-70 % of the image height, so it overflows a small receptive field.
-        truck_px = height * rng.uniform(0.4, 0.7)
-        dy = truck_px / 3.6 * CAMERA_HEIGHT_M
-        things.append((dy, "truck", rng.uniform(-0.5, 0.5) * road_slope))
+    # Near trucks and near walls, each in 60 % of the scenes and so often together: then the
+    # image-level context (ASPP's pooling) cannot say which of the two a textured box is.
+    boxes = [_near_box(rng, height, width, yh, xv) if rng.random() < 0.6 else None
+             for _ in range(2)]
+    if all(boxes):
+        # The truck stands in front: a wall must not hide the wheels and cab that identify it.
+        boxes.sort(key=lambda box: box[0])
+    for kind, box in zip(("wall", "truck"), boxes):
+        if box is not None:
+            things.append((box[0] - yh, kind, box))
     draw = {"pole": _pole, "person": _person, "car": _car, "tree": _tree}
-    for dy, kind, lateral in sorted(things, key=lambda t: t[0]):
-        yb, xc, ppm = yh + dy, xv + lateral * dy, dy / CAMERA_HEIGHT_M
+    for dy, kind, where in sorted(things, key=lambda t: t[0]):
         if kind == "truck":
-            _truck(canvas, rng, yb, xc, ppm, rng.choice([-1, 1]))
+            _truck(canvas, rng, *where)
+        elif kind == "wall":
+            _wall(canvas, rng, *where)
         else:
+            yb, xc, ppm = yh + dy, xv + where * dy, dy / CAMERA_HEIGHT_M
             draw[kind](canvas, rng, yb, xc, ppm)
 
     image = canvas.image + 2.0 * rng.standard_normal(canvas.image.shape, dtype=np.float32)
