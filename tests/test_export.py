@@ -209,8 +209,9 @@ def test_tflite_int8_agrees_with_keras(model, exported, val_set):
     print(f"int8 vs Keras: {agreement:.2%} of pixels agree; mIoU {keras_miou:.3f} -> "
           f"{int8_miou:.3f} (drop {keras_miou - int8_miou:+.3f}); Keras class shares "
           f"{np.round(shares, 3).tolist()}")
-    # The model really segments: no class map close to constant could reach the agreement.
-    assert shares.max() < 0.5 and (shares > 0.05).sum() >= 4, shares
+    # The model really segments: a constant class map agrees with it on at most shares.max() of
+    # the pixels, far below the 97% asked of int8; and at least four classes are predicted.
+    assert shares.max() < 0.8 and (shares > 0.05).sum() >= 4, shares
     assert keras_miou > 0.25
     assert agreement >= INT8_MIN_AGREEMENT
     assert keras_miou - int8_miou <= INT8_MAX_MIOU_DROP

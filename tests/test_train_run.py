@@ -29,7 +29,7 @@ def _epochs(history_csv):
 
 
 def test_short_run_lowers_loss_and_beats_a_constant_prediction(data_dir, tmp_path):
-    config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=6,
+    config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=16,
                     learning_rate=0.05, scale_range=None, **TINY)
     result = train(config, log=lambda *a: None)
     history = result["history"]
@@ -54,8 +54,8 @@ def test_short_run_lowers_loss_and_beats_a_constant_prediction(data_dir, tmp_pat
     model = keras.models.load_model(run / "final.keras", safe_mode=True)
     assert model.output_shape == (None, None, None, 10)
     lr = [float(v) for v in _column(run / "history.csv", "learning_rate")]
-    steps = [4 * (e + 1) for e in range(6)]
-    np.testing.assert_allclose(lr, [0.05 * (1 - s / 24) ** 0.9 for s in steps], rtol=1e-4, atol=1e-7)
+    steps = [4 * (e + 1) for e in range(16)]
+    np.testing.assert_allclose(lr, [0.05 * (1 - s / 64) ** 0.9 for s in steps], rtol=1e-4, atol=1e-7)
 
 
 def _column(path, key):
