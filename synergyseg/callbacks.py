@@ -8,6 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 from synergyseg.curves import plot_training_curves
+from synergyseg.data.info import colorize
+from synergyseg.evaluation.confusion import scores_from_confusion
 
 
 def find_mean_iou(model):
@@ -23,11 +25,7 @@ def find_mean_iou(model):
 
 def iou_per_class(confusion):
     """IoU of each class from a (true, predicted) confusion matrix; NaN for a class never seen."""
-    confusion = np.asarray(confusion, np.float64)
-    inter = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, np.nan)
+    return scores_from_confusion(confusion).iou
 
 
 def log_name(class_name):
@@ -126,13 +124,6 @@ class SafeModelCheckpoint(keras.callbacks.ModelCheckpoint):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         self._commit()
-
-
-def colorize(label, colors):
-    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette (255) are black."""
-    palette = np.zeros((256, 3), np.uint8)
-    palette[: len(colors)] = np.asarray(colors, np.uint8)
-    return palette[np.asarray(label, np.int64).clip(0, 255)]
 
 
 class ValidationImages(keras.callbacks.Callback):

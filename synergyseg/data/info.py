@@ -44,6 +44,14 @@ _CITYSCAPES_TRAIN_IDS = {
 NUM_CITYSCAPES_LABEL_IDS = 34
 
 
+def colorize(label_map, colors, ignore_label=IGNORE_LABEL):
+    """(H, W) class ids -> (H, W, 3) uint8 RGB with a dataset's palette; ignore and unknown ids -> black."""
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(colors)] = np.asarray(colors, np.uint8)
+    palette[ignore_label] = 0
+    return palette[np.asarray(label_map, np.int64).clip(0, 255)]
+
+
 def _lookup_table(mapping, size=256):
     """A uint8 table of `size` entries: table[i] = mapping.get(i, 255)."""
     table = np.full(size, IGNORE_LABEL, np.uint8)

@@ -18,7 +18,6 @@ horizon. Generation is vectorised numpy; ~10 ms per 256x512 scene.
 """
 
 import io
-import os
 
 import numpy as np
 from PIL import Image

@@ -14,6 +14,7 @@ from matplotlib.patches import Patch
 from PIL import Image
 
 from synergyseg.atomic import atomic_output
+from synergyseg.data.info import colorize
 
 DPI = 100
 GRID_WIDTH_PX = 1600
@@ -22,16 +23,6 @@ LEGEND_COLUMNS = 6
 LEGEND_ROW_PX = 22
 IOU_CHART_PX = (1200, 500)
 CONFUSION_PX = (1000, 1000)
-IGNORE_COLOR = (0, 0, 0)
-
-
-def colorize(label_map, colors, ignore_label=255):
-    """(H, W) class ids -> (H, W, 3) uint8 RGB with the dataset's palette; ignore -> black."""
-    palette = np.zeros((256, 3), np.uint8)
-    palette[:] = IGNORE_COLOR
-    palette[:len(colors)] = np.asarray(colors, np.uint8)
-    palette[ignore_label] = IGNORE_COLOR
-    return palette[np.asarray(label_map, np.uint8)]
 
 
 def _save(figure, path, size_px):
