@@ -12,7 +12,6 @@ import os
 from synergyseg.atomic import write_json
 from synergyseg.data import info as data_info
 
-DATASETS = ("synthetic", "cityscapes", "mapillary")
 STRATEGIES = ("auto", "mirrored", "multiworker", "one")
 
 
@@ -84,8 +83,8 @@ class RunConfig:
 
     def validate(self):
         """Raises ValueError naming the field when a value cannot work."""
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset={self.dataset!r}: expected one of {DATASETS}")
+        if self.dataset not in data_info.DATASETS:
+            raise ValueError(f"dataset={self.dataset!r}: expected one of {data_info.DATASETS}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
         if self.dataset == "mapillary" and not self.mapillary_config:
@@ -181,12 +180,7 @@ def preset(name, **overrides):
 
 def dataset_info(config):
     """The `DatasetInfo` (class names, colours) of the dataset `config` trains on."""
-    if config.dataset == "synthetic":
-        found = data_info.SYNTHETIC
-    elif config.dataset == "cityscapes":
-        found = data_info.CITYSCAPES
-    else:
-        found = data_info.mapillary_info(config.mapillary_config)
+    found = data_info.info_for(config.dataset, config.mapillary_config)
     if found.num_classes != config.num_classes:
         raise ValueError(
             f"num_classes={config.num_classes} but dataset {config.dataset!r} has "

@@ -124,3 +124,19 @@ def mapillary_info(config_path):
         class_names=tuple(label.get("readable", label["name"]) for label in scored),
         colors=tuple(tuple(int(c) for c in label["color"]) for label in scored),
     )
+
+
+DATASETS = ("synthetic", "cityscapes", "mapillary")
+
+
+def info_for(dataset, mapillary_config=None):
+    """The `DatasetInfo` of a dataset name; Mapillary's comes from its `config.json`."""
+    if dataset == "synthetic":
+        return SYNTHETIC
+    if dataset == "cityscapes":
+        return CITYSCAPES
+    if dataset == "mapillary":
+        if not mapillary_config:
+            raise ValueError("dataset 'mapillary' needs the Mapillary config.json (--mapillary-config)")
+        return mapillary_info(mapillary_config)
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")

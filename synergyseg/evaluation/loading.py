@@ -6,12 +6,9 @@ import json
 import os
 
 import synergyseg  # noqa: F401  (registers the custom layers before a model is loaded)
-from synergyseg.data import CITYSCAPES, SYNTHETIC, DatasetInfo, mapillary_info
-from synergyseg.data.info import NUM_CITYSCAPES_LABEL_IDS
+from synergyseg.data import DatasetInfo
+from synergyseg.data.info import NUM_CITYSCAPES_LABEL_IDS, info_for
 from synergyseg.run_folder import resolve_model_path
-
-DATASETS = ("synthetic", "cityscapes", "mapillary")
-
 
 def resolve_model(run_or_model):
     """`(model_path, config dict or None)` for a run folder (best.keras, else final.keras) or a `.keras` file."""
@@ -52,21 +49,17 @@ def dataset_info(dataset, num_classes, mapillary_config=None):
     The second number is what the paper's tables state beside the scored classes: Cityscapes has
     34 label ids of which 19 are scored, Mapillary Vistas v1.2 66 labels of which 65 are scored.
     """
+    if dataset in (None, "", "unknown"):
+        info = generic_info(num_classes)
+    else:
+        info = info_for(dataset, mapillary_config)
     if dataset == "cityscapes":
-        info, labels = CITYSCAPES, NUM_CITYSCAPES_LABEL_IDS
-    elif dataset == "synthetic":
-        info, labels = SYNTHETIC, SYNTHETIC.num_classes
+        labels = NUM_CITYSCAPES_LABEL_IDS
     elif dataset == "mapillary":
-        if not mapillary_config:
-            raise ValueError("dataset 'mapillary' needs the Mapillary config.json (--mapillary-config)")
-        info = mapillary_info(mapillary_config)
         with open(mapillary_config) as f:
             labels = len(json.load(f)["labels"])
-    elif dataset in (None, "", "unknown"):
-        info = generic_info(num_classes)
-        labels = num_classes
     else:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        labels = info.num_classes
     if info.num_classes != num_classes:
         raise ValueError(
             f"the model predicts {num_classes} classes but dataset {dataset!r} has {info.num_classes}; "
