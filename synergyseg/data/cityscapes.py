@@ -85,13 +85,7 @@ def convert(root, out_dir, *, splits=("train", "val"), num_shards=16, image_form
         raise FileNotFoundError(f"Cityscapes root not found: {root}")
     # Find every pair first so a missing file fails before any work starts.
     pairs_by_split = {split: find_pairs(root, split) for split in splits}
-    summaries = {}
-    with shards.worker_pool(workers) as pool:
-        for split, pairs in pairs_by_split.items():
-            items = [(image, label, image_format) for image, label in pairs]
-            summaries[split] = shards.write_shards(out_dir, split, items, encode_pair,
-                                                   num_shards=min(num_shards, len(items)),
-                                                   workers=workers, pool=pool, log=log)
-            if log:
-                log(summaries[split].format(CITYSCAPES.class_names))
-    return summaries
+    items = {split: [(image, label, image_format) for image, label in pairs]
+             for split, pairs in pairs_by_split.items()}
+    return shards.write_splits(out_dir, items, encode_pair, num_shards=num_shards,
+                               class_names=CITYSCAPES.class_names, workers=workers, log=log)

@@ -115,14 +115,7 @@ def convert(root, out_dir, *, splits=("training", "validation"), max_short_side=
     names = {"training": "train", "validation": "val"}
     # Find every pair first so a missing file fails before any work starts.
     pairs_by_split = {split: find_pairs(root, split) for split in splits}
-    summaries = {}
-    with shards.worker_pool(workers) as pool:
-        for split, pairs in pairs_by_split.items():
-            items = [(image, label, table, max_short_side) for image, label in pairs]
-            name = names.get(split, split)
-            summaries[name] = shards.write_shards(out_dir, name, items, encode_pair,
-                                                  num_shards=min(num_shards, len(items)),
-                                                  workers=workers, pool=pool, log=log)
-            if log:
-                log(summaries[name].format(info.class_names))
-    return summaries
+    items = {names.get(split, split): [(image, label, table, max_short_side) for image, label in pairs]
+             for split, pairs in pairs_by_split.items()}
+    return shards.write_splits(out_dir, items, encode_pair, num_shards=num_shards,
+                               class_names=info.class_names, workers=workers, log=log)

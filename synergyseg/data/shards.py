@@ -126,6 +126,28 @@ def worker_pool(workers=None):
         workers, mp_context=multiprocessing.get_context("spawn"))
 
 
+def write_splits(out_dir, items_by_split, encode_fn, *, num_shards, class_names, workers=None,
+                 log=print):
+    """`write_shards` for each split over one shared process pool, logging each split's summary.
+
+    `items_by_split` maps a shard name prefix ("train", "val") to its items; `num_shards` is an int
+    or a {split: int}, capped at the split's item count. Empty splits are skipped. Returns the
+    summaries by split.
+    """
+    summaries = {}
+    with worker_pool(workers) as pool:
+        for split, items in items_by_split.items():
+            if not items:
+                continue
+            count = num_shards[split] if isinstance(num_shards, dict) else num_shards
+            summaries[split] = write_shards(out_dir, split, items, encode_fn,
+                                            num_shards=min(count, len(items)), workers=workers,
+                                            pool=pool, log=log)
+            if log:
+                log(summaries[split].format(class_names))
+    return summaries
+
+
 def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, pool=None,
                  log=print):
     """Encode `items` with `encode_fn` into `num_shards` TFRecord files in `out_dir`.

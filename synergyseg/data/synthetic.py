@@ -323,19 +323,10 @@ def generate(out_dir, *, num_train=400, num_val=50, height=256, width=512, seed=
     Returns:
         {"train": ConversionSummary, "val": ConversionSummary}.
     """
-    splits = {"train": (0, num_train, num_shards),
-              "val": (1, num_val, min(num_shards, max(1, num_val // 25)))}
-    summaries = {}
-    with shards.worker_pool(workers) as pool:
-        for split, (split_id, count, split_shards) in splits.items():
-            if count == 0:
-                continue
-            # A seed triple keeps each split's scenes independent of the other split's size.
-            items = [((seed, split_id, i), height, width, f"synthetic/{split}/{i:06d}.png",
+    # A seed triple keeps each split's scenes independent of the other split's size.
+    items = {split: [((seed, split_id, i), height, width, f"synthetic/{split}/{i:06d}.png",
                       image_format) for i in range(count)]
-            summaries[split] = shards.write_shards(
-                out_dir, split, items, encode_scene, num_shards=min(split_shards, count),
-                workers=workers, pool=pool, log=log)
-            if log:
-                log(summaries[split].format(SYNTHETIC.class_names))
-    return summaries
+             for split, split_id, count in (("train", 0, num_train), ("val", 1, num_val))}
+    split_shards = {"train": num_shards, "val": min(num_shards, max(1, num_val // 25))}
+    return shards.write_splits(out_dir, items, encode_scene, num_shards=split_shards,
+                               class_names=SYNTHETIC.class_names, workers=workers, log=log)
