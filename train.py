@@ -17,7 +17,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from synergyseg.config import PRESETS, RunConfig, parse_field, preset  # noqa: E402
+from synergyseg.training.config import PRESETS, RunConfig, parse_field, preset  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -62,7 +62,7 @@ def main(argv=None):
     config, no_evaluation = parse_args(argv)
     print(json.dumps(config.to_dict(), sort_keys=True))
     # Imported here so --help answers without loading TensorFlow.
-    from synergyseg.training import train
+    from synergyseg.training.run import train
     result = train(config)
     print(json.dumps({"run_dir": config.run_dir, "steps": result["steps"],
                       "seconds": round(result["seconds"], 1), "metrics": result["metrics"]}, indent=2))

@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import synergyseg  # noqa: E402
-from synergyseg.flops import conv_flops  # noqa: E402
+from synergyseg.models.flops import conv_flops  # noqa: E402
 
 
 def median_seconds(fns, x, repeats, warmup=2):

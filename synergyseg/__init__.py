@@ -1,7 +1,7 @@
 """synergyseg: two-scale DeepLabV3+ with uncertainty fusion for real-time semantic segmentation."""
 
-from synergyseg.deeplab import build_deeplabv3plus
-from synergyseg.fusion import (
+from synergyseg.models.deeplab import build_deeplabv3plus
+from synergyseg.models.fusion import (
     AttentionFusion,
     AverageFusion,
     HighScaleOnly,
@@ -10,7 +10,7 @@ from synergyseg.fusion import (
     UncertaintyFusion,
     UncertaintyMask,
 )
-from synergyseg.synergy import build_synergyseg, submodel_of, with_fusion
+from synergyseg.models.synergy import build_synergyseg, submodel_of, with_fusion
 
 __version__ = "0.1.0"
 

@@ -4,7 +4,7 @@ import os
 
 import keras
 
-from synergyseg.synergy import submodel_of
+from synergyseg.models.synergy import submodel_of
 
 # train.py's run folder: the best checkpoint by validation mIoU, else the last epoch's.
 RUN_CHECKPOINTS = ("best.keras", "final.keras")

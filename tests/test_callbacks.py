@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from synergyseg import build_synergyseg, with_fusion
-from synergyseg.callbacks import PerClassIoU, TerminateOnNaN, ValidationImages, colorize
+from synergyseg.training.callbacks import PerClassIoU, TerminateOnNaN, ValidationImages, colorize
 from tests.reference import tiny_kwargs
 
 COLORS = ((10, 20, 30), (200, 0, 0), (0, 200, 0))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from synergyseg import config as cfg
+from synergyseg.training import config as cfg
 from synergyseg.data import CITYSCAPES, SYNTHETIC
 
 

@@ -14,9 +14,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from synergyseg.config import preset
-from synergyseg.losses import compile_arguments
-from synergyseg.training import build_model, make_optimizer
+from synergyseg.training.config import preset
+from synergyseg.training.losses import compile_arguments
+from synergyseg.training.run import build_model, make_optimizer
 
 replicas, out = int(sys.argv[1]), sys.argv[2]
 config = preset("synthetic", backbone="resnet18", backbone_width=8, head_filters=16,

@@ -70,15 +70,15 @@ def _worker(mode, index, ports, out):
     os.environ["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
         "task": {"type": "worker", "index": int(index)}})
-    from synergyseg.distribute import make_strategy, train_multi_worker
+    from synergyseg.training.distribute import make_strategy, train_multi_worker
 
     # Before any other TensorFlow op: collectives are configured at program start.
     strategy = make_strategy("multiworker")
     import tensorflow as tf
 
-    from synergyseg.config import preset
-    from synergyseg.losses import compile_arguments, segmentation_loss
-    from synergyseg.training import build_model, make_optimizer
+    from synergyseg.training.config import preset
+    from synergyseg.training.losses import compile_arguments, segmentation_loss
+    from synergyseg.training.run import build_model, make_optimizer
 
     config = preset("synthetic", backbone="resnet18", backbone_width=8, head_filters=16,
                     low_level_filters=8, learning_rate=0.05)

@@ -7,7 +7,7 @@ import tensorflow as tf
 import synergyseg
 from synergyseg.evaluation import (
     ABLATION_FUSIONS, MODEL_KEY, Predictor, evaluate_batches)
-from synergyseg.fusion import WEIGHTLESS_FUSIONS
+from synergyseg.models.fusion import WEIGHTLESS_FUSIONS
 
 C = 5
 

@@ -1,7 +1,7 @@
 import keras
 
 from synergyseg import build_deeplabv3plus
-from synergyseg.flops import conv_flops
+from synergyseg.models.flops import conv_flops
 from tests.reference import tiny_kwargs
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import keras
-from synergyseg import fusion
+from synergyseg.models import fusion
 from tests.reference import bilinear_resize, random_softmax
 
 H, W, C = 9, 13, 5  # odd full size; the low scale is ceil(H/2) x ceil(W/2)

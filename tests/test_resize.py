@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from synergyseg.resize import Downsample, ResizeLike
+from synergyseg.models.resize import Downsample, ResizeLike
 from tests.reference import bilinear_resize
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import keras
-from synergyseg.resnet import build_resnet
+from synergyseg.models.resnet import build_resnet
 
 
 def _dilation(model, name):

@@ -4,7 +4,7 @@ import tensorflow as tf
 
 import keras
 from synergyseg import build_deeplabv3plus, build_synergyseg, submodel_of, with_fusion
-from synergyseg.resize import Downsample
+from synergyseg.models.resize import Downsample
 from tests.reference import all_layers, assert_save_load_round_trip, bilinear_resize, tiny_kwargs
 
 

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from synergyseg.losses import mean_iou, segmentation_loss
-from synergyseg.schedules import WarmupPolynomialDecay
+from synergyseg.training.losses import mean_iou, segmentation_loss
+from synergyseg.training.schedules import WarmupPolynomialDecay
 
 
 def test_learning_rate_follows_the_polynomial_schedule():
@@ -27,8 +27,8 @@ def test_warm_up_rises_linearly_then_joins_the_decay():
 
 
 def test_optimizer_learning_rate_follows_the_schedule_while_training():
-    from synergyseg.config import preset
-    from synergyseg.training import make_optimizer
+    from synergyseg.training.config import preset
+    from synergyseg.training.run import make_optimizer
     opt = make_optimizer(preset("synthetic", learning_rate=0.1), total_steps=20)
     w = keras.Variable(np.ones(3, np.float32))
     opt.build([w])

@@ -1,4 +1,4 @@
-"""End-to-end runs of `synergyseg.training.train` on a tiny synthetic set: learning, resume, run folder."""
+"""End-to-end runs of `synergyseg.training.run.train` on a tiny synthetic set: learning, resume, run folder."""
 
 import csv
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from synergyseg import data
-from synergyseg.config import RunConfig, preset
-from synergyseg.training import train
+from synergyseg.training.config import RunConfig, preset
+from synergyseg.training.run import train
 
 TINY = dict(backbone="resnet18", backbone_width=8, head_filters=16, low_level_filters=8,
             crop_size=(64, 128), batch_size=4, steps_per_epoch=4, tensorboard_images=1)

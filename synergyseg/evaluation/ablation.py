@@ -8,7 +8,7 @@ predicts exactly what `synergyseg.with_fusion(model, name)` predicts.
 
 from keras import ops
 
-from synergyseg.fusion import WEIGHTLESS_FUSIONS, make_fusion
+from synergyseg.models.fusion import WEIGHTLESS_FUSIONS, make_fusion
 
 # The paper's comparison: each scale alone, the plain combinations, and eq. 1.
 ABLATION_FUSIONS = ("low", "high", "average", "max", "uncertainty")
@@ -17,14 +17,14 @@ ABLATION_FUSIONS = ("low", "high", "average", "max", "uncertainty")
 class ScaleFusions:
     """Applies weightless fusions to the dict outputs of a `scale_outputs=True` model.
 
-    The fusion layers of `synergyseg.fusion` are called on `[s_lo, s_hi]` with `s_lo` already
+    The fusion layers of `synergyseg.models.fusion` are called on `[s_lo, s_hi]` with `s_lo` already
     at the input size: their bilinear upsampling to the same size is the identity, so the result
     equals the layer applied to the true low-scale map. "uncertainty_confidence" upsamples
     `1 - max_c S_lo` rather than `S_lo`, which is the model's `uncertainty` output, so it is
     computed from that instead.
 
     Args:
-        names: fusion names, each in `synergyseg.fusion.WEIGHTLESS_FUSIONS`.
+        names: fusion names, each in `synergyseg.models.fusion.WEIGHTLESS_FUSIONS`.
 
     Example:
         >>> fusions = ScaleFusions(ABLATION_FUSIONS)

@@ -25,7 +25,7 @@ from synergyseg.evaluation.loading import dataset_info, num_outputs, resolve_mod
 from synergyseg.atomic import write_text
 from synergyseg.run_folder import load_model
 from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
-from synergyseg.synergy import submodel_of
+from synergyseg.models.synergy import submodel_of
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from synergyseg.evaluation.ablation import ScaleFusions
-from synergyseg.synergy import with_fusion
+from synergyseg.models.synergy import with_fusion
 
 # The key of the model's own prediction (its saved fusion) in a Predictor's output.
 MODEL_KEY = "model"

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from synergyseg.synergy import with_fusion
+from synergyseg.models.synergy import with_fusion
 
 # Output names of every exported artifact (SavedModel signature, TFLite signature, ONNX outputs).
 SERVING_OUTPUTS = ("class_map", "probabilities", "uncertainty")

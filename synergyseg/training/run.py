@@ -1,7 +1,7 @@
 """The training run behind `train.py`: data, model, the paper's recipe on `model.fit`, the run folder.
 
-    from synergyseg.config import preset
-    from synergyseg.training import train
+    from synergyseg.training.config import preset
+    from synergyseg.training.run import train
     result = train(preset("synthetic", epochs=2, run_dir="runs/try"))
 
 Run folder: config.json, best.keras (best val_mean_iou), final.keras, history.csv,
@@ -19,13 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 import synergyseg
-from synergyseg import callbacks as cb
+from synergyseg.training import callbacks as cb
 from synergyseg.atomic import atomic_output, write_json
 from synergyseg import data
-from synergyseg.config import dataset_info
-from synergyseg.distribute import is_chief, make_strategy, task_index, train_multi_worker
-from synergyseg.losses import AUX_OUTPUTS, compile_arguments, mean_iou, segmentation_loss
-from synergyseg.schedules import WarmupPolynomialDecay
+from synergyseg.training.config import dataset_info
+from synergyseg.training.distribute import is_chief, make_strategy, task_index, train_multi_worker
+from synergyseg.training.losses import AUX_OUTPUTS, compile_arguments, mean_iou, segmentation_loss
+from synergyseg.training.schedules import WarmupPolynomialDecay
 
 
 def ensure_synthetic_data(config, log=print):
@@ -124,7 +124,7 @@ def _best_so_far(history_csv, key="val_mean_iou"):
     """Best `key` a resumed run already recorded, so its first new epoch cannot overwrite best.keras."""
     if not os.path.exists(history_csv):
         return None
-    from synergyseg.curves import read_history
+    from synergyseg.training.curves import read_history
     values = [v for v in read_history(history_csv).get(key, []) if np.isfinite(v)]
     return max(values) if values else None
 

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from synergyseg.curves import plot_training_curves
+from synergyseg.training.curves import plot_training_curves
 from synergyseg.data.info import colorize
 from synergyseg.evaluation.confusion import scores_from_confusion
 

@@ -9,7 +9,7 @@ the backbone (as Model Garden argues) so any of them mixes with any submodel.
 import keras
 from keras import layers, ops
 
-from synergyseg.resize import resize_bilinear, spatial_size
+from synergyseg.models.resize import resize_bilinear, spatial_size
 
 
 def _check_pair(input_shape, layer_name):

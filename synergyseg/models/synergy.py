@@ -2,9 +2,9 @@
 
 import keras
 
-from synergyseg.deeplab import build_deeplabv3plus
-from synergyseg.fusion import UncertaintyMask, make_fusion
-from synergyseg.resize import Downsample, ResizeLike
+from synergyseg.models.deeplab import build_deeplabv3plus
+from synergyseg.models.fusion import UncertaintyMask, make_fusion
+from synergyseg.models.resize import Downsample, ResizeLike
 
 
 def build_synergyseg(
@@ -23,7 +23,7 @@ def build_synergyseg(
         num_classes: number of classes (at least 2).
         backbone, output_stride, backbone_weights: as in `build_deeplabv3plus`.
         fusion: "uncertainty" (eq. 1, default), "uncertainty_confidence", "low", "high",
-            "average", "max" or "attention" (see `synergyseg.fusion`).
+            "average", "max" or "attention" (see `synergyseg.models.fusion`).
         scale_outputs: if True, the model returns a dict with "fused", "s_lo" (the low scale's
             prediction upsampled to the input size), "s_hi" and "uncertainty" (`U(1 - max_c S_lo)`),
             for auxiliary losses, ablations and pictures; otherwise only the fused map.

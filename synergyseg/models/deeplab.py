@@ -3,10 +3,10 @@
 import keras
 from keras import layers
 
-from synergyseg.preprocessing import ImageNetNormalization
-from synergyseg.resize import ResizeLike
-from synergyseg.resnet import RESNETS, build_resnet
-from synergyseg.weights import load_backbone_weights
+from synergyseg.models.preprocessing import ImageNetNormalization
+from synergyseg.models.resize import ResizeLike
+from synergyseg.models.resnet import RESNETS, build_resnet
+from synergyseg.models.weights import load_backbone_weights
 
 # ASPP atrous rates at output stride 16; DeepLabV3 doubles them at output stride 8.
 ASPP_RATES_OS16 = (6, 12, 18)

@@ -1,0 +1,1 @@
+"""The training run: its configuration, recipe (loss, optimizer, schedule), callbacks and strategies."""
