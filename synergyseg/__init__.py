@@ -1,6 +1,10 @@
-"""synergyseg: two-scale DeepLabV3+ with uncertainty fusion for real-time semantic segmentation."""
+"""synergyseg: two-scale DeepLabV3+ with uncertainty fusion for real-time semantic segmentation.
 
-from synergyseg.models.deeplab import build_deeplabv3plus
+Importing it registers every class a saved model or run refers to (layers, models, the learning
+rate schedule), so `keras.models.load_model("runs/synthetic/best.keras")` works after it.
+"""
+
+from synergyseg.models.deeplab import DeepLabV3Plus, build_deeplabv3plus
 from synergyseg.models.fusion import (
     AttentionFusion,
     AverageFusion,
@@ -10,18 +14,23 @@ from synergyseg.models.fusion import (
     UncertaintyFusion,
     UncertaintyMask,
 )
-from synergyseg.models.synergy import build_synergyseg, submodel_of, with_fusion
+from synergyseg.models.synergy import SynergySeg, as_synergyseg, build_synergyseg, submodel_of, with_fusion
+from synergyseg.training.schedules import WarmupPolynomialDecay
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttentionFusion",
     "AverageFusion",
+    "DeepLabV3Plus",
     "HighScaleOnly",
     "LowScaleOnly",
     "MaxFusion",
+    "SynergySeg",
     "UncertaintyFusion",
     "UncertaintyMask",
+    "WarmupPolynomialDecay",
+    "as_synergyseg",
     "build_deeplabv3plus",
     "build_synergyseg",
     "submodel_of",

@@ -4,7 +4,7 @@ import os
 
 import keras
 
-from synergyseg.models.synergy import submodel_of
+from synergyseg.models.synergy import as_synergyseg
 
 # train.py's run folder: the best checkpoint by validation mIoU, else the last epoch's.
 RUN_CHECKPOINTS = ("best.keras", "final.keras")
@@ -30,39 +30,34 @@ def resolve_model_path(path):
 
 
 def load_model(path):
-    """Loads the model in a `.keras` file or run folder with safe_mode (no arbitrary code), naming the file on error."""
+    """Loads the model in a `.keras` file or run folder with safe_mode (no arbitrary code), naming the file on error.
+
+    A two-scale model comes back as a `SynergySeg`, also from a file saved before that class.
+    """
     model_path = resolve_model_path(path)
     try:
-        return keras.models.load_model(model_path, compile=False, safe_mode=True)
+        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many types for a corrupt or foreign file.
         raise ValueError(f"Cannot load {model_path!r} as a Keras model: {e}") from e
+    try:
+        # A two-scale model saved by an older version becomes a SynergySeg; others stay as they are.
+        return as_synergyseg(model, model_path)
+    except ValueError:
+        return model
 
 
 def load_synergyseg_model(path):
     """Loads a trained SynergySeg model, with a clear error if `path` holds something else.
 
     Args:
-        path: a `.keras` file saved from `build_synergyseg`, or a run folder written by train.py.
+        path: a `.keras` file saved from a `SynergySeg` (or an older `build_synergyseg`), or a
+            run folder written by train.py.
 
     Returns:
-        The loaded `keras.Model`.
+        The loaded `SynergySeg` (a file from an older version is rebuilt around its layers).
 
     Raises:
         FileNotFoundError: `path` (or the run folder's checkpoint) does not exist.
         ValueError: the file is not a Keras model, or not a SynergySeg model.
     """
-    model = load_model(path)
-    check_synergyseg_model(model, resolve_model_path(path))
-    return model
-
-
-def check_synergyseg_model(model, source="model"):
-    """Raises ValueError unless `model` is a SynergySeg model (shared DeepLabV3+ and a fusion layer)."""
-    problem = None
-    try:
-        submodel_of(model)
-        model.get_layer("fusion")
-    except ValueError as e:
-        problem = str(e)
-    if problem is not None:
-        raise ValueError(f"{source} is not a SynergySeg model: {problem}")
+    return as_synergyseg(load_model(path), resolve_model_path(path))

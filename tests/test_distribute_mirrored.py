@@ -15,7 +15,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from synergyseg.training.config import preset
-from synergyseg.training.losses import compile_arguments
+from synergyseg.training.recipe import compile_arguments
 from synergyseg.training.run import build_model, make_optimizer
 
 replicas, out = int(sys.argv[1]), sys.argv[2]

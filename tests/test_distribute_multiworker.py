@@ -77,7 +77,7 @@ def _worker(mode, index, ports, out):
     import tensorflow as tf
 
     from synergyseg.training.config import preset
-    from synergyseg.training.losses import compile_arguments, segmentation_loss
+    from synergyseg.training.recipe import compile_arguments, segmentation_loss
     from synergyseg.training.run import build_model, make_optimizer
 
     config = preset("synthetic", backbone="resnet18", backbone_width=8, head_filters=16,

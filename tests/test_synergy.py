@@ -55,7 +55,8 @@ def test_low_scale_is_the_submodel_on_the_half_resolution_image(tiny):
     sub = submodel_of(tiny)
     s_lo = sub.predict(np.asarray(Downsample(2)(x)), verbose=0)
     np.testing.assert_allclose(out["s_lo"], bilinear_resize(s_lo.astype("float64"), 30, 42), atol=1e-5)
-    np.testing.assert_allclose(out["s_hi"], sub.predict(x, verbose=0), atol=1e-6)
+    # The same ops in another graph: oneDNN may sum in another order (up to 1.5e-6 measured).
+    np.testing.assert_allclose(out["s_hi"], sub.predict(x, verbose=0), atol=5e-6)
     np.testing.assert_allclose(out["fused"].sum(-1), 1.0, atol=1e-5)
 
 
@@ -143,6 +144,7 @@ def test_real_resnet50_two_scale_trains_one_step_at_small_resolution():
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=255),
+        metrics=None,  # SynergySeg.compile's "auto" would add the paper's MeanIoU
     )
     rng = np.random.default_rng(7)
     x = _images(rng, (2, 65, 97, 3))

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from synergyseg.training.losses import mean_iou, segmentation_loss
+from synergyseg.training.recipe import mean_iou, segmentation_loss
 from synergyseg.training.schedules import WarmupPolynomialDecay
 
 

@@ -25,7 +25,7 @@ from synergyseg.evaluation.loading import dataset_info, num_outputs, resolve_mod
 from synergyseg.atomic import write_text
 from synergyseg.run_folder import load_model
 from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
-from synergyseg.models.synergy import submodel_of
+from synergyseg.models.synergy import SynergySeg
 
 
 @dataclasses.dataclass
@@ -179,10 +179,7 @@ def _speed_only(model_path, out_dir, options, log):
 
 
 def _model_fusion(model):
-    try:
-        return model.get_layer("fusion").__class__.__name__
-    except ValueError:
-        return None
+    return type(model.fusion).__name__ if isinstance(model, SynergySeg) else None
 
 
 def _accuracy_section(results, scores, info):
@@ -209,7 +206,7 @@ def _accuracy_section(results, scores, info):
 
 def _measure_speed(model, two_scale, options, log):
     height, width = options.speed_size
-    models = [("two-scale", model), ("single-scale", submodel_of(model))] if two_scale else [("single-scale", model)]
+    models = [("two-scale", model), ("single-scale", model.submodel)] if two_scale else [("single-scale", model)]
     measurements = []
     for label, m in models:
         log(f"Timing the {label} model at {height}x{width}, batch {options.speed_batch_size}...")

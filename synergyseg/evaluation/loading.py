@@ -9,6 +9,7 @@ import synergyseg  # noqa: F401  (registers the custom layers before a model is 
 from synergyseg.data import DatasetInfo
 from synergyseg.data.info import NUM_CITYSCAPES_LABEL_IDS, info_for
 from synergyseg.run_folder import resolve_model_path
+from synergyseg.models.names import FUSED
 
 def resolve_model(run_or_model):
     """`(model_path, config dict or None)` for a run folder (best.keras, else final.keras) or a `.keras` file."""
@@ -32,7 +33,7 @@ def num_outputs(model):
     """Number of classes a segmentation model predicts (its output's last axis)."""
     shape = model.output_shape
     if isinstance(shape, dict):
-        shape = shape["fused"]
+        shape = shape[FUSED]
     return int(shape[-1])
 
 

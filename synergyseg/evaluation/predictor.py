@@ -3,7 +3,8 @@
 import tensorflow as tf
 
 from synergyseg.evaluation.ablation import ScaleFusions
-from synergyseg.models.synergy import with_fusion
+from synergyseg.models.synergy import SynergySeg
+from synergyseg.models.names import FUSED, UNCERTAINTY
 
 # The key of the model's own prediction (its saved fusion) in a Predictor's output.
 MODEL_KEY = "model"
@@ -12,8 +13,8 @@ UNCERTAINTY_KEY = "uncertainty_mask"
 
 
 def is_two_scale(model):
-    """True for a SynergySeg model (it has a layer named "fusion"), False for a single-scale one."""
-    return any(layer.name == "fusion" for layer in model.layers)
+    """True for a SynergySeg model, False for a single-scale one."""
+    return isinstance(model, SynergySeg)
 
 
 class Predictor:
@@ -42,9 +43,9 @@ class Predictor:
         self.two_scale = is_two_scale(model)
         if fusions and not self.two_scale:
             raise ValueError(
-                f"model {model.name!r} is single-scale (no 'fusion' layer); the fusion ablation "
+                f"model {model.name!r} is single-scale (not a SynergySeg); the fusion ablation "
                 "needs a SynergySeg model")
-        self.model = with_fusion(model, scale_outputs=True) if self.two_scale else model
+        self.model = model.with_fusion(scale_outputs=True) if self.two_scale else model
         self.fusions = ScaleFusions(fusions) if fusions else None
         self.flip = flip
         self.keys = (MODEL_KEY,) + tuple(fusions)
@@ -61,7 +62,7 @@ class Predictor:
         if not self.two_scale:
             return {MODEL_KEY: tf.cast(outputs, tf.float32)}
         outputs = {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
-        probabilities = {MODEL_KEY: outputs["fused"], UNCERTAINTY_KEY: outputs["uncertainty"]}
+        probabilities = {MODEL_KEY: outputs[FUSED], UNCERTAINTY_KEY: outputs[UNCERTAINTY]}
         if self.fusions is not None:
             probabilities.update(self.fusions(outputs))
         return probabilities

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from synergyseg.models.names import FUSED
+
 
 def device_name():
     """The accelerator the model runs on, e.g. "NVIDIA H100 80GB HBM3", else the CPU's model name."""
@@ -74,7 +76,7 @@ def measure(model, height=1024, width=2048, batch_size=1, *, warmup=10, iteratio
     def predict(images):
         out = run_model(images, training=False)
         if isinstance(out, dict):
-            out = out["fused"]
+            out = out[FUSED]
         return tf.cast(tf.argmax(out, axis=-1), tf.uint8)
 
     rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ import time
 
 import keras
 
-from synergyseg.run_folder import (
-    check_synergyseg_model, load_synergyseg_model, resolve_model_path)
+from synergyseg.models.synergy import as_synergyseg
+from synergyseg.run_folder import load_synergyseg_model, resolve_model_path
 from synergyseg.export.onnx import export_onnx
 from synergyseg.export.saved_model import export_saved_model
 from synergyseg.export.tflite import (
@@ -92,8 +92,7 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
         resolve_model_path(source)  # a missing file is named before any other complaint
     size = _check_arguments(formats, tflite_size, quantizations, calibration)
     if isinstance(source, keras.Model):
-        model = source
-        check_synergyseg_model(model)
+        model = as_synergyseg(source)
     else:
         model = load_synergyseg_model(source)
     out_dir = os.fspath(out_dir)

@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from synergyseg.models.synergy import with_fusion
+from synergyseg.models.synergy import as_synergyseg
+from synergyseg.models.names import FUSED, UNCERTAINTY
 
 # Output names of every exported artifact (SavedModel signature, TFLite signature, ONNX outputs).
 SERVING_OUTPUTS = ("class_map", "probabilities", "uncertainty")
@@ -68,14 +69,14 @@ def build_serving_model(model):
         >>> serving = build_serving_model(keras.models.load_model("run/best.keras"))
         >>> serving(np.zeros((1, 64, 64, 3), np.uint8))["class_map"].shape   # (1, 64, 64)
     """
-    scales = with_fusion(model, scale_outputs=True)
+    scales = as_synergyseg(model).with_fusion(scale_outputs=True)
     images = keras.Input((None, None, 3), dtype="uint8", name="images")
     outputs = scales(ImagesToFloat(name="images_to_float")(images))
     # Identity layers give each output a stable name in every format.
-    probabilities = keras.layers.Identity(name="probabilities")(outputs["fused"])
+    probabilities = keras.layers.Identity(name="probabilities")(outputs[FUSED])
     serving_outputs = {
         "class_map": ClassMap(name="class_map")(probabilities),
         "probabilities": probabilities,
-        "uncertainty": keras.layers.Identity(name="uncertainty")(outputs["uncertainty"]),
+        "uncertainty": keras.layers.Identity(name="uncertainty")(outputs[UNCERTAINTY]),
     }
     return keras.Model(images, serving_outputs, name=f"{model.name}_serving")

@@ -5,7 +5,8 @@ from keras import layers
 
 from synergyseg.models.preprocessing import ImageNetNormalization
 from synergyseg.models.resize import ResizeLike
-from synergyseg.models.resnet import RESNETS, build_resnet
+from synergyseg.models.names import BACKBONES, OUTPUT_STRIDES
+from synergyseg.models.resnet import build_resnet
 from synergyseg.models.weights import load_backbone_weights
 
 # ASPP atrous rates at output stride 16; DeepLabV3 doubles them at output stride 8.
@@ -43,25 +44,18 @@ def decoder(aspp_features, low_level, filters=256, low_level_filters=48):
     return _conv_bn_relu(x, filters, 3, "decoder_conv2")
 
 
-def build_deeplabv3plus(
-    num_classes,
-    backbone="resnet50",
-    output_stride=16,
-    backbone_weights=None,
-    backbone_width=64,
-    head_filters=256,
-    low_level_filters=48,
-    dropout=0.1,
-    name="deeplabv3plus",
-):
-    """Builds DeepLabV3+ that maps raw RGB images to per-pixel class probabilities at the input size.
+@keras.saving.register_keras_serializable(package="synergyseg")
+class DeepLabV3Plus(keras.Model):
+    """DeepLabV3+ mapping raw RGB images to per-pixel class probabilities at the input size.
+
+    A functional model whose config holds its constructor arguments, so a saved file says what it
+    is (`model.backbone`, `model.output_stride`, `model.num_classes`).
 
     Args:
         num_classes: number of classes (at least 2).
-        backbone: "resnet50" (the paper's), "resnet101", or "resnet18"/"resnet34" for quick CPU runs.
+        backbone: one of `names.BACKBONES`: "resnet50" (the paper's), "resnet101", or
+            "resnet18"/"resnet34" for quick CPU runs.
         output_stride: 16 (default) or 8; ASPP rates are (6, 12, 18) at 16 and doubled at 8.
-        backbone_weights: path of a local weights file for the trunk, e.g. keras.applications'
-            ResNet-50 ImageNet "notop" .h5, or None for random initialization.
         backbone_width: channels of the trunk's first stage (64 in the real networks).
         head_filters: channels of ASPP and the decoder (256 in the paper).
         low_level_filters: channels of the projected stride-4 features (48 in the paper).
@@ -71,29 +65,75 @@ def build_deeplabv3plus(
     `(batch, h, w, num_classes)` float32 softmax probabilities.
 
     Example:
-        >>> model = build_deeplabv3plus(num_classes=19)
+        >>> model = DeepLabV3Plus(num_classes=19)
         >>> probs = model(images)          # (batch, h, w, 19)
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if backbone not in RESNETS:
-        raise ValueError(f"Unknown backbone {backbone!r}; expected one of {sorted(RESNETS)}")
-    if output_stride not in (8, 16):
-        raise ValueError(f"DeepLabV3+ output_stride must be 8 or 16, got {output_stride!r}")
 
-    image = keras.Input((None, None, 3), name="image")
-    x = ImageNetNormalization(name="imagenet_normalization")(image)
-    trunk = build_resnet(backbone, output_stride=output_stride, width=backbone_width, name="backbone")
+    def __init__(self, num_classes, backbone="resnet50", output_stride=16, backbone_width=64,
+                 head_filters=256, low_level_filters=48, dropout=0.1, name="deeplabv3plus", **kwargs):
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if backbone not in BACKBONES:
+            raise ValueError(f"Unknown backbone {backbone!r}; expected one of {BACKBONES}")
+        if output_stride not in OUTPUT_STRIDES:
+            strides = " or ".join(map(str, sorted(OUTPUT_STRIDES)))
+            raise ValueError(f"DeepLabV3+ output_stride must be {strides}, got {output_stride!r}")
+
+        image = keras.Input((None, None, 3), name="image")
+        x = ImageNetNormalization(name="imagenet_normalization")(image)
+        trunk = build_resnet(backbone, output_stride=output_stride, width=backbone_width, name="backbone")
+        low_level, features = trunk(x)
+
+        rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
+        x = aspp(features, head_filters, rates, dropout)
+        x = decoder(x, low_level, head_filters, low_level_filters)
+        logits = layers.Conv2D(num_classes, 1, name="classifier")(x)
+        # Upsample logits (not probabilities) to the input size, then softmax in float32 so mixed
+        # precision never feeds half-precision probabilities to the loss.
+        logits = ResizeLike(name="logits_upsample")([logits, image])
+        probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+        super().__init__(image, probs, name=name, **kwargs)
+
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.output_stride = output_stride
+        self.backbone_width = backbone_width
+        self.head_filters = head_filters
+        self.low_level_filters = low_level_filters
+        self.dropout = dropout
+
+    @property
+    def trunk(self):
+        """The ResNet trunk (a nested model whose weights load from keras.applications files)."""
+        return self.get_layer("backbone")
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "num_classes": self.num_classes,
+            "backbone": self.backbone,
+            "output_stride": self.output_stride,
+            "backbone_width": self.backbone_width,
+            "head_filters": self.head_filters,
+            "low_level_filters": self.low_level_filters,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def build_deeplabv3plus(num_classes, backbone="resnet50", output_stride=16, backbone_weights=None, **kwargs):
+    """A `DeepLabV3Plus`, with the trunk's weights read from the local file `backbone_weights`.
+
+    Args:
+        backbone_weights: path of a local weights file for the trunk, e.g. keras.applications'
+            ResNet-50 ImageNet "notop" .h5, or None for random initialization.
+        num_classes, backbone, output_stride, **kwargs: as in `DeepLabV3Plus`.
+    """
+    model = DeepLabV3Plus(num_classes, backbone=backbone, output_stride=output_stride, **kwargs)
     if backbone_weights is not None:
-        load_backbone_weights(trunk, backbone, backbone_weights)
-    low_level, features = trunk(x)
-
-    rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
-    x = aspp(features, head_filters, rates, dropout)
-    x = decoder(x, low_level, head_filters, low_level_filters)
-    logits = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    # Upsample logits (not probabilities) to the input size, then softmax in float32 so mixed
-    # precision never feeds half-precision probabilities to the loss.
-    logits = ResizeLike(name="logits_upsample")([logits, image])
-    probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    return keras.Model(image, probs, name=name)
+        load_backbone_weights(model.trunk, backbone, backbone_weights)
+    return model

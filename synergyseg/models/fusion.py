@@ -9,6 +9,7 @@ the backbone (as Model Garden argues) so any of them mixes with any submodel.
 import keras
 from keras import layers, ops
 
+from synergyseg.models.names import FUSIONS, WEIGHTLESS_FUSIONS
 from synergyseg.models.resize import resize_bilinear, spatial_size
 
 
@@ -193,7 +194,7 @@ class UncertaintyMask(keras.layers.Layer):
         return (lo[0], ref[1], ref[2], 1)
 
 
-FUSIONS = {
+_FUSION_LAYERS = {
     "uncertainty": lambda: UncertaintyFusion(mode="elementwise", name="fusion"),
     "uncertainty_confidence": lambda: UncertaintyFusion(mode="confidence", name="fusion"),
     "low": lambda: LowScaleOnly(name="fusion"),
@@ -203,15 +204,22 @@ FUSIONS = {
     "attention": lambda: AttentionFusion(name="fusion"),
 }
 
-# The fusions with no weights of their own: an ablation can swap them on one trained model.
-WEIGHTLESS_FUSIONS = ("low", "high", "average", "max", "uncertainty", "uncertainty_confidence")
 
 
 def make_fusion(name):
     """The fusion layer for one of `FUSIONS`' names (named "fusion" in the model)."""
     if name not in FUSIONS:
-        raise ValueError(f"Unknown fusion {name!r}; expected one of {sorted(FUSIONS)}")
-    return FUSIONS[name]()
+        raise ValueError(f"Unknown fusion {name!r}; expected one of {FUSIONS}")
+    return _FUSION_LAYERS[name]()
+
+
+def fusion_name(layer):
+    """The `FUSIONS` name of a fusion layer (the inverse of `make_fusion`)."""
+    for name, make in _FUSION_LAYERS.items():
+        reference = make()
+        if type(reference) is type(layer) and getattr(reference, "mode", None) == getattr(layer, "mode", None):
+            return name
+    raise ValueError(f"{type(layer).__name__} is not one of the fusions {FUSIONS}")
 
 
 __all__ = [
@@ -224,5 +232,6 @@ __all__ = [
     "UncertaintyFusion",
     "UncertaintyMask",
     "WEIGHTLESS_FUSIONS",
+    "fusion_name",
     "make_fusion",
 ]

@@ -3,8 +3,137 @@
 import keras
 
 from synergyseg.models.deeplab import build_deeplabv3plus
-from synergyseg.models.fusion import UncertaintyMask, make_fusion
+from synergyseg.models.fusion import UncertaintyMask, _Fusion, fusion_name, make_fusion
+from synergyseg.models.names import FUSED, S_HI, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, ResizeLike
+
+
+@keras.saving.register_keras_serializable(package="synergyseg")
+class SynergySeg(keras.Model):
+    """The paper's model: a shared segmentation submodel at scales 1.0 and 0.5, merged by a fusion.
+
+    A functional model (as keras-hub's task classes) whose config holds the submodel, the fusion
+    and the class names, so a loaded file says what it is: `model.backbone`, `model.fusion_name`,
+    `model.num_classes`, `model.class_names`.
+
+    Args:
+        submodel: the shared per-scale model, e.g. a `DeepLabV3Plus`; maps `(batch, h, w, 3)`
+            RGB in [0, 255] to `(batch, h, w, C)` probabilities.
+        fusion: a name of `names.FUSIONS` ("uncertainty" is eq. 1) or a fusion layer (reused
+            with its weights, as `with_fusion` does).
+        scale_outputs: if True, the model returns a dict with "fused", "s_lo" (the low scale's
+            prediction upsampled to the input size), "s_hi" and "uncertainty" (`U(1 - max_c S_lo)`),
+            for auxiliary losses, ablations and pictures; otherwise only the fused map.
+        class_names, palette: the dataset's class names and RGB colours (travel with the model).
+
+    Input `(batch, h, w, 3)` RGB in [0, 255], any h and w (odd too); output `(batch, h, w,
+    num_classes)` float32 probabilities (or the dict above).
+
+    Example:
+        >>> model = build_synergyseg(num_classes=19)
+        >>> model.compile()                # the paper's recipe
+        >>> model.fit(train_ds, epochs=150)
+    """
+
+    def __init__(self, submodel, fusion="uncertainty", scale_outputs=False, class_names=None,
+                 palette=None, name="synergyseg", **kwargs):
+        fuse = make_fusion(fusion) if isinstance(fusion, str) else fusion
+        if not isinstance(fuse, _Fusion):
+            raise ValueError(f"fusion must be a fusion name or layer, got {fusion!r}")
+        image = keras.Input((None, None, 3), name="image")
+        image_lo = Downsample(2, name="half_resolution")(image)
+        # One submodel instance called twice: the two scales share every weight.
+        s_hi = submodel(image)
+        s_lo = submodel(image_lo)
+        fused = fuse([s_lo, s_hi])
+        if scale_outputs:
+            outputs = {
+                FUSED: fused,
+                S_LO: ResizeLike(name="s_lo_upsample", dtype="float32")([s_lo, image]),
+                S_HI: s_hi,
+                UNCERTAINTY: UncertaintyMask(name="uncertainty")([s_lo, image]),
+            }
+        else:
+            outputs = fused
+        super().__init__(image, outputs, name=name, **kwargs)
+
+        self.submodel = submodel
+        self.fusion = fuse
+        self.scale_outputs = bool(scale_outputs)
+        num_classes = submodel.output.shape[-1]
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names for a model of {num_classes} classes")
+        if palette is not None and len(palette) != num_classes:
+            raise ValueError(f"{len(palette)} palette colours for a model of {num_classes} classes")
+        self.class_names = list(class_names) if class_names is not None else None
+        self.palette = [list(map(int, c)) for c in palette] if palette is not None else None
+
+    @property
+    def num_classes(self):
+        return int(self.submodel.output.shape[-1])
+
+    @property
+    def fusion_name(self):
+        """The fusion's name in `names.FUSIONS`."""
+        return fusion_name(self.fusion)
+
+    @property
+    def backbone(self):
+        """The submodel's trunk name (None for a submodel that does not say)."""
+        return getattr(self.submodel, "backbone", None)
+
+    @property
+    def output_stride(self):
+        return getattr(self.submodel, "output_stride", None)
+
+    def with_fusion(self, fusion=None, scale_outputs=False):
+        """A SynergySeg that shares these weights, with another fusion (name) or extra outputs.
+
+        Nothing is copied or retrained: the new model calls the same submodel instance, so an
+        ablation can compare fusions on one set of trained weights. `fusion=None` keeps this
+        model's fusion layer (and its weights, for "attention").
+        """
+        return SynergySeg(self.submodel, fusion if fusion is not None else self.fusion,
+                          scale_outputs=scale_outputs, class_names=self.class_names,
+                          palette=self.palette, name=self.name)
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", decay_steps=None, **kwargs):
+        """Compiles with the paper's recipe for each argument left at "auto".
+
+        "auto" means: SGD with momentum 0.9 and weight decay 5e-4, learning rate 0.01 with
+        polynomial decay (power 0.9) to 0 over `decay_steps` (required with the "auto" optimizer),
+        cross-entropy and mean IoU that ignore label 255. The dict-output model
+        (`scale_outputs=True`) gets the loss on "fused" only.
+        """
+        # The recipe lives with the training run; imported here so the model module stays below it.
+        from synergyseg.training.recipe import paper_compile_arguments
+
+        auto = paper_compile_arguments(self.num_classes, decay_steps, dict_outputs=self.scale_outputs,
+                                       need_optimizer=optimizer == "auto")
+        super().compile(
+            optimizer=auto["optimizer"] if optimizer == "auto" else optimizer,
+            loss=auto["loss"] if loss == "auto" else loss,
+            metrics=auto["metrics"] if metrics == "auto" else metrics,
+            **kwargs,
+        )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "submodel": keras.saving.serialize_keras_object(self.submodel),
+            "fusion": keras.saving.serialize_keras_object(self.fusion),
+            "scale_outputs": self.scale_outputs,
+            "class_names": self.class_names,
+            "palette": self.palette,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["submodel"] = keras.saving.deserialize_keras_object(config["submodel"])
+        config["fusion"] = keras.saving.deserialize_keras_object(config["fusion"])
+        return cls(**config)
 
 
 def build_synergyseg(
@@ -14,27 +143,23 @@ def build_synergyseg(
     fusion="uncertainty",
     backbone_weights=None,
     scale_outputs=False,
+    class_names=None,
+    palette=None,
     name="synergyseg",
     **deeplab_kwargs,
 ):
-    """Builds the paper's model: shared DeepLabV3+ at scales 1.0 and 0.5, merged by `fusion`.
+    """Builds the paper's model: a shared DeepLabV3+ at scales 1.0 and 0.5, merged by `fusion`.
 
     Args:
         num_classes: number of classes (at least 2).
         backbone, output_stride, backbone_weights: as in `build_deeplabv3plus`.
         fusion: "uncertainty" (eq. 1, default), "uncertainty_confidence", "low", "high",
             "average", "max" or "attention" (see `synergyseg.models.fusion`).
-        scale_outputs: if True, the model returns a dict with "fused", "s_lo" (the low scale's
-            prediction upsampled to the input size), "s_hi" and "uncertainty" (`U(1 - max_c S_lo)`),
-            for auxiliary losses, ablations and pictures; otherwise only the fused map.
+        scale_outputs, class_names, palette: as in `SynergySeg`.
         **deeplab_kwargs: passed to `build_deeplabv3plus` (backbone_width, head_filters, ...).
-
-    Input `(batch, h, w, 3)` RGB in [0, 255], any h and w (odd too); output `(batch, h, w,
-    num_classes)` float32 probabilities (or the dict above).
 
     Example:
         >>> model = build_synergyseg(num_classes=19)
-        >>> model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=255))
     """
     fuse = make_fusion(fusion)
     submodel = build_deeplabv3plus(
@@ -44,52 +169,34 @@ def build_synergyseg(
         backbone_weights=backbone_weights,
         **deeplab_kwargs,
     )
-    return _two_scale(submodel, fuse, scale_outputs, name)
+    return SynergySeg(submodel, fuse, scale_outputs=scale_outputs, class_names=class_names,
+                      palette=palette, name=name)
 
 
-def _two_scale(submodel, fuse, scale_outputs, name):
-    image = keras.Input((None, None, 3), name="image")
-    image_lo = Downsample(2, name="half_resolution")(image)
-    # One submodel instance called twice: the two scales share every weight.
-    s_hi = submodel(image)
-    s_lo = submodel(image_lo)
-    fused = fuse([s_lo, s_hi])
-    if not scale_outputs:
-        return keras.Model(image, fused, name=name)
-    outputs = {
-        "fused": fused,
-        "s_lo": ResizeLike(name="s_lo_upsample", dtype="float32")([s_lo, image]),
-        "s_hi": s_hi,
-        "uncertainty": UncertaintyMask(name="uncertainty")([s_lo, image]),
-    }
-    return keras.Model(image, outputs, name=name)
+def as_synergyseg(model, source="model"):
+    """`model` as a `SynergySeg`: itself, or a `.keras` file's model saved by an older
+    `build_synergyseg` (a plain functional model), rebuilt around the same layers and weights.
+
+    Raises ValueError naming `source` when `model` is not a two-scale model.
+    """
+    if isinstance(model, SynergySeg):
+        return model
+    # Files saved before the SynergySeg class hold a functional model: its one nested model is the
+    # shared submodel and its fusion layer is named "fusion". Only this conversion looks by name.
+    submodels = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    fusions = [layer for layer in model.layers if isinstance(layer, _Fusion)]
+    if len(submodels) != 1 or len(fusions) != 1:
+        raise ValueError(
+            f"{source} is not a SynergySeg model: expected one shared submodel and one fusion layer, "
+            f"found {len(submodels)} and {len(fusions)}")
+    return SynergySeg(submodels[0], fusions[0], scale_outputs=isinstance(model.output, dict), name=model.name)
 
 
 def with_fusion(model, fusion=None, scale_outputs=False):
-    """A SynergySeg model that shares `model`'s weights, with another fusion or extra outputs.
-
-    Nothing is copied or retrained: the new model calls the same DeepLabV3+ instance, so an
-    ablation can compare fusions on one set of trained weights.
-
-    Args:
-        model: a model from `build_synergyseg` (or loaded from its `.keras` file).
-        fusion: a fusion name (see `build_synergyseg`), or None to keep `model`'s fusion layer.
-        scale_outputs: as in `build_synergyseg`.
-    """
-    submodel = submodel_of(model)
-    if fusion is None:
-        try:
-            fuse = model.get_layer("fusion")
-        except ValueError as e:
-            raise ValueError(f"Model {model.name!r} has no layer named 'fusion'; is it a SynergySeg model?") from e
-    else:
-        fuse = make_fusion(fusion)
-    return _two_scale(submodel, fuse, scale_outputs, model.name)
+    """`model.with_fusion(...)` for any SynergySeg model, including one saved by an older version."""
+    return as_synergyseg(model).with_fusion(fusion, scale_outputs)
 
 
 def submodel_of(model):
     """The shared DeepLabV3+ inside a SynergySeg model (to run it alone or swap fusions)."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            return layer
-    raise ValueError(f"Model {model.name!r} holds no DeepLabV3+ submodel; is it a SynergySeg model?")
+    return as_synergyseg(model).submodel

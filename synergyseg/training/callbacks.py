@@ -10,6 +10,7 @@ import tensorflow as tf
 from synergyseg.training.curves import plot_training_curves
 from synergyseg.data.info import colorize
 from synergyseg.evaluation.confusion import scores_from_confusion
+from synergyseg.models.names import FUSED, UNCERTAINTY
 
 
 def find_mean_iou(model):
@@ -150,12 +151,12 @@ class ValidationImages(keras.callbacks.Callback):
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         outputs = self.scale_model.predict(self.images, batch_size=1, verbose=0)
-        prediction = np.argmax(outputs["fused"], axis=-1)
+        prediction = np.argmax(outputs[FUSED], axis=-1)
         panels = {
             "image": self.images.clip(0, 255).astype(np.uint8),
             "label": colorize(self.labels, self.colors),
             "prediction": colorize(prediction, self.colors),
-            "uncertainty": outputs["uncertainty"].astype(np.float32),
+            "uncertainty": outputs[UNCERTAINTY].astype(np.float32),
         }
         with self._writer.as_default(step=epoch + 1):
             for name, batch in panels.items():

@@ -24,8 +24,9 @@ from synergyseg.atomic import atomic_output, write_json
 from synergyseg import data
 from synergyseg.training.config import dataset_info
 from synergyseg.training.distribute import is_chief, make_strategy, task_index, train_multi_worker
-from synergyseg.training.losses import AUX_OUTPUTS, compile_arguments, mean_iou, segmentation_loss
-from synergyseg.training.schedules import WarmupPolynomialDecay
+from synergyseg.models.names import LOSS_OUTPUTS
+from synergyseg.training import recipe
+from synergyseg.training.recipe import compile_arguments, mean_iou, segmentation_loss
 
 
 def ensure_synthetic_data(config, log=print):
@@ -46,42 +47,38 @@ def count_examples(file_pattern):
     return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
 
 
-def build_model(config):
-    """The SynergySeg model of `config` (dict outputs when the auxiliary loss is on)."""
+def build_model(config, info=None):
+    """The SynergySeg model of `config` (dict outputs when the auxiliary loss is on).
+
+    `info` (default: the config's dataset) gives the class names and colours saved with the model.
+    """
+    info = info or dataset_info(config)
     return synergyseg.build_synergyseg(
         config.num_classes, backbone=config.backbone, output_stride=config.output_stride,
         fusion=config.fusion, backbone_weights=config.backbone_weights,
         scale_outputs=bool(config.aux_loss_weight), backbone_width=config.backbone_width,
         head_filters=config.head_filters, low_level_filters=config.low_level_filters,
-        dropout=config.dropout)
+        dropout=config.dropout, class_names=info.class_names, palette=info.colors)
 
 
 def training_model(model):
     """`model` itself, or with dict outputs: only those that get a loss ("fused", "s_lo", "s_hi")."""
     if not isinstance(model.output, dict):
         return model
-    names = ("fused",) + AUX_OUTPUTS
-    return keras.Model(model.input, {k: model.output[k] for k in names}, name=model.name)
+    return keras.Model(model.input, {k: model.output[k] for k in LOSS_OUTPUTS}, name=model.name)
 
 
 def inference_model(model):
     """A single-output model sharing `model`'s weights (what best/final.keras hold)."""
-    return model if not isinstance(model.output, dict) else synergyseg.with_fusion(model)
+    return model.with_fusion() if model.scale_outputs else model
 
 
 def make_optimizer(config, total_steps):
-    """SGD with momentum, decoupled weight decay and the polynomial (warm-up) schedule.
-
-    Keras applies `weight_decay` as `w -= lr * weight_decay * w` after the momentum update;
-    the paper's frameworks add `weight_decay * w` to the gradient (L2), which then also flows
-    through the momentum buffer. Batch-norm scales/offsets and biases are decayed too, as in
-    the paper's frameworks with default settings.
-    """
-    schedule = WarmupPolynomialDecay(
-        config.learning_rate, total_steps, end_learning_rate=config.end_learning_rate,
-        power=config.poly_power, warmup_steps=config.warmup_steps)
-    return keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                weight_decay=config.weight_decay or None, clipnorm=config.clipnorm)
+    """The run's SGD with polynomial (warm-up) decay over `total_steps` (see `recipe.make_optimizer`)."""
+    return recipe.make_optimizer(
+        total_steps, learning_rate=config.learning_rate, end_learning_rate=config.end_learning_rate,
+        power=config.poly_power, warmup_steps=config.warmup_steps, momentum=config.momentum,
+        weight_decay=config.weight_decay, clipnorm=config.clipnorm)
 
 
 def steps_per_epoch(config, global_batch, log=print):
@@ -151,7 +148,7 @@ def make_callbacks(config, model, fit_model, info, extra=()):
         images, labels = _first_val_examples(config, config.tensorboard_images)
         callbacks.append(cb.ValidationImages(
             images, labels, info.colors, os.path.join(run, "tensorboard"),
-            synergyseg.with_fusion(model, scale_outputs=True)))
+            model.with_fusion(scale_outputs=True)))
     callbacks.append(cb.TrainingCurves(history_csv, os.path.join(run, "training_curves.png")))
     return callbacks + list(extra)
 
@@ -229,7 +226,7 @@ def train(config, *, extra_callbacks=(), log=print):
         global_batch = config.batch_size * strategy.num_replicas_in_sync
         steps = steps_per_epoch(config, global_batch, log)
         with strategy.scope():
-            model = build_model(config)
+            model = build_model(config, info)
             fit_model = training_model(model)
             optimizer = make_optimizer(config, steps * config.epochs)
         if config.strategy == "multiworker":
@@ -268,7 +265,7 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
               "seconds": time.time() - start, "metrics": None}
     if chief:
         # A copy outside the strategy: Keras cannot evaluate under MultiWorkerMirroredStrategy.
-        single = build_model(config)
+        single = build_model(config, info)
         single.set_weights([np.asarray(w) for w in model.get_weights()])
         save_model(inference_model(single), os.path.join(run, "final.keras"))
         result["metrics"] = evaluate_model(single, config, info, log)
