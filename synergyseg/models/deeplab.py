@@ -107,6 +107,19 @@ class DeepLabV3Plus(keras.Model):
         """The ResNet trunk (a nested model whose weights load from keras.applications files)."""
         return self.get_layer("backbone")
 
+    def pooled_context_models(self):
+        """Two views of this model (same weights) to run it on tiles with the whole image's context.
+
+        Returns `(with_context, given_context)`: `with_context` maps images to `[probabilities,
+        context]`, `context` `(batch, 1, 1, F)` being the ASPP image-pooling branch's mean of the
+        trunk's features; `given_context` maps `[images, context]` to probabilities with that
+        mean replaced by `context`, so a tile of a large image pools the whole image (used by
+        `synergyseg.models.gated`).
+        """
+        context = self.get_layer("aspp_pool").output
+        return (keras.Model(self.inputs, [self.output, context], name=f"{self.name}_with_context"),
+                keras.Model([self.inputs[0], context], self.output, name=f"{self.name}_given_context"))
+
     def get_config(self):
         return {
             "name": self.name,

@@ -1,0 +1,356 @@
+"""Uncertainty-gated inference: the full-resolution pass runs only on the tiles where the low scale is unsure.
+
+Eq. 1, `S = U(S_lo) + S_hi * U(1 - S_lo)`, mostly ignores `S_hi` where the low scale is confident
+(`U(1 - S_lo)` is near 0 there), yet the two-scale model pays for the whole full-resolution pass.
+`GatedSynergySeg` runs the low scale on the whole image, cuts the full-resolution image into tiles
+(each read with a margin of context that is cropped off after), ranks the tiles by the low scale's
+mean uncertainty `1 - max_c U(S_lo)`, and runs the shared submodel as one batch on the selected
+tiles only. Eq. 1 (or the model's fusion) fuses where the high scale ran; elsewhere `U(S_lo)` stands.
+
+    gated = gated_synergyseg(model, fraction=0.25)     # model: a trained SynergySeg
+    probabilities = gated.predict(images)              # (batch, h, w, classes)
+"""
+
+import keras
+from keras import ops
+
+from synergyseg.models.fusion import _Fusion, make_fusion
+from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
+from synergyseg.models.resize import Downsample, resize_bilinear, spatial_size
+
+# Tiles of 128 px with a 16 px margin: on the main job's model (256x512 scenes) 64 px tiles with a
+# 32 px margin cost more than they save (the margin outweighs the tile), see BENCHMARKS.md.
+DEFAULT_TILE_SIZE = 128
+DEFAULT_MARGIN = 16
+# The default share of tiles that get the full-resolution pass: named from benchmarks/gated_speed.py.
+DEFAULT_FRACTION = 0.25
+# Below this a tile is a single pixel at the submodel's stride 16.
+MIN_TILE_SIZE = 16
+# How the ASPP image-pooling branch sees the whole image inside a tile: "low" feeds it the low
+# scale's pooled trunk features (the whole image's mean, at half resolution); "tile" lets it pool
+# over the tile alone, as the plain submodel does.
+POOLINGS = ("low", "tile")
+# The extra output key of `scale_outputs=True`: 1 where the high scale ran, 0 where `U(S_lo)` stands.
+GATE = "gate"
+
+
+def check_gating(tile_size, margin, fraction, threshold, max_tiles, pooling):
+    """Raises ValueError naming the knob and what was expected; returns (fraction, threshold) resolved.
+
+    Exactly one of `fraction` and `threshold` is used; both None means `DEFAULT_FRACTION`.
+    """
+    if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < MIN_TILE_SIZE:
+        raise ValueError(f"gated tile_size must be an integer >= {MIN_TILE_SIZE} pixels, got {tile_size!r}")
+    if not isinstance(margin, int) or isinstance(margin, bool) or not 0 <= margin < tile_size:
+        raise ValueError(
+            f"gated margin must be an integer with 0 <= margin < tile_size ({tile_size}), got {margin!r}")
+    if fraction is not None and threshold is not None:
+        raise ValueError(f"gated takes a fraction or a threshold, not both (got fraction={fraction!r}, "
+                         f"threshold={threshold!r})")
+    if fraction is None and threshold is None:
+        fraction = DEFAULT_FRACTION
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
+        raise ValueError(f"gated fraction must be a number in [0, 1] (share of tiles), got {fraction!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        raise ValueError(
+            f"gated threshold must be a number in [0, 1] (mean uncertainty of a tile), got {threshold!r}")
+    if max_tiles is not None and (not isinstance(max_tiles, int) or isinstance(max_tiles, bool)
+                                  or max_tiles < 0):
+        raise ValueError(f"gated max_tiles must be None or an integer >= 0 (per image), got {max_tiles!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"gated pooling must be one of {POOLINGS}, got {pooling!r}")
+    return (None if fraction is None else float(fraction)), (None if threshold is None else float(threshold))
+
+
+def tiles_for_fraction(fraction, num_tiles):
+    """The number of tiles `fraction` selects out of `num_tiles`: the nearest whole number, halves up."""
+    return ops.cast(ops.floor(fraction * ops.cast(num_tiles, "float32") + 0.5), "int32")
+
+
+def tile_scores(uncertainty, tile_size):
+    """Mean of `uncertainty` `(batch, h, w)` over each tile of a `tile_size` grid: `(batch, rows, cols)`.
+
+    Tiles start at multiples of `tile_size`; the last row and column of tiles are cut at the image's
+    edge and averaged over the pixels they hold.
+    """
+    h, w = spatial_size(uncertainty[..., None])
+    rows, cols = -(-h // tile_size), -(-w // tile_size)
+    padded = ops.pad(uncertainty, [[0, 0], [0, rows * tile_size - h], [0, cols * tile_size - w]])
+    sums = ops.sum(ops.reshape(padded, (-1, rows, tile_size, cols, tile_size)), axis=(2, 4))
+    tile_h = ops.minimum(tile_size, h - ops.arange(rows) * tile_size)
+    tile_w = ops.minimum(tile_size, w - ops.arange(cols) * tile_size)
+    counts = ops.cast(tile_h[:, None] * tile_w[None, :], sums.dtype)
+    return sums / counts
+
+
+def select_tiles(scores, fraction=None, threshold=None, max_tiles=None):
+    """Which tiles get the high scale: `(image, tile)` index pairs, most uncertain first per image.
+
+    Args:
+        scores: `(batch, num_tiles)` mean uncertainty of each tile.
+        fraction: select the nearest whole number of `fraction * num_tiles` most uncertain tiles
+            of each image (halves round up).
+        threshold: select every tile whose score is above `threshold` (exactly one of the two).
+        max_tiles: at most this many per image (the most uncertain), None for no limit.
+
+    Returns:
+        `(image_index, tile_index)`, two int32 vectors of the same length (image-major order).
+    """
+    batch, num_tiles = ops.shape(scores)[0], ops.shape(scores)[1]
+    if fraction is not None:
+        count = tiles_for_fraction(fraction, num_tiles)
+    else:
+        count = num_tiles
+    if max_tiles is not None:
+        count = ops.minimum(count, max_tiles)
+    # top_k sorts each image's tiles by score (ties: the lower index first).
+    values, order = ops.top_k(scores, k=num_tiles, sorted=True)
+    order = ops.cast(order, "int32")
+    if threshold is None:
+        # A fixed count per image: static shapes, no boolean mask.
+        chosen = order[:, :count]
+        image = ops.repeat(ops.arange(batch, dtype="int32"), count)
+        return image, ops.reshape(chosen, (-1,))
+    keep = ops.logical_and(values > threshold, ops.arange(num_tiles)[None, :] < count)
+    import tensorflow as tf  # a data-dependent count: tf.where (the model needs the TensorFlow backend)
+
+    where = tf.cast(tf.where(keep), "int32")
+    return where[:, 0], tf.gather_nd(order, where)
+
+
+@keras.saving.register_keras_serializable(package="synergyseg")
+class GatedSynergySeg(keras.Model):
+    """SynergySeg with the full-resolution pass only on the tiles where the low scale is unsure.
+
+    Built from a trained model's submodel and fusion (weights shared, nothing retrained; see
+    `gated_synergyseg`). The low scale runs on the whole image (`S_lo`); the image is cut into
+    `tile_size` tiles, each read with `margin` extra pixels of context on every side (a window
+    kept inside the image: at the border it shifts inward) and cropped back after. Tiles are
+    ranked by the mean of `1 - max_c U(S_lo)`; the selected ones go through the submodel as one
+    batch, the fusion runs on them, and elsewhere the output is `U(S_lo)`.
+
+    Args:
+        submodel: the shared per-scale model of a SynergySeg (e.g. a `DeepLabV3Plus`).
+        fusion: a fusion name of `names.FUSIONS` or the trained model's fusion layer.
+        tile_size: tile side in pixels (>= 16; multiples of the output stride keep the tile's
+            features on the whole image's sampling grid).
+        margin: context pixels read around each tile and cropped off (0 <= margin < tile_size).
+        fraction: share of each image's tiles that get the high scale, in [0, 1]; 0 is the low
+            scale alone, 1 every tile.
+        threshold: instead of a fraction, every tile whose mean uncertainty is above this.
+        max_tiles: at most this many tiles per image (the most uncertain), None for no limit; a
+            fixed count bounds the latency.
+        pooling: "low": the ASPP image-pooling branch of each tile gets the low scale's pooled
+            features (the whole image's context); "tile": it pools over the tile alone (any
+            submodel). "low" needs a submodel with `pooled_context_models` (DeepLabV3Plus).
+        scale_outputs: if True, return a dict with "fused", "s_lo" (`U(S_lo)`), "uncertainty"
+            (`1 - max_c U(S_lo)`, `(batch, h, w, 1)`) and "gate" (1 where the high scale ran).
+        class_names, palette: the dataset's class names and colours (travel with the model).
+
+    Input `(batch, h, w, 3)` RGB in [0, 255], any h and w; output `(batch, h, w, num_classes)`
+    float32 probabilities (or the dict above).
+
+    Example:
+        >>> gated = GatedSynergySeg(model.submodel, model.fusion, fraction=0.25)
+        >>> probabilities = gated.predict(images)
+    """
+
+    def __init__(self, submodel, fusion="uncertainty", tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN,
+                 fraction=None, threshold=None, max_tiles=None, pooling="low", scale_outputs=False,
+                 class_names=None, palette=None, name="gated_synergyseg", **kwargs):
+        fraction, threshold = check_gating(tile_size, margin, fraction, threshold, max_tiles, pooling)
+        fuse = make_fusion(fusion) if isinstance(fusion, str) else fusion
+        if not isinstance(fuse, _Fusion):
+            raise ValueError(f"fusion must be a fusion name or layer, got {fusion!r}")
+        if pooling == "low" and not hasattr(submodel, "pooled_context_models"):
+            raise ValueError(f"pooling='low' needs a submodel with an ASPP image-pooling branch "
+                             f"(DeepLabV3Plus); {type(submodel).__name__} has none: use pooling='tile'")
+        super().__init__(name=name, **kwargs)
+        self.submodel = submodel
+        self.fusion = fuse
+        self.tile_size = tile_size
+        self.margin = margin
+        self.fraction = fraction
+        self.threshold = threshold
+        self.max_tiles = max_tiles
+        self.pooling = pooling
+        self.scale_outputs = bool(scale_outputs)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.palette = [list(map(int, c)) for c in palette] if palette is not None else None
+        self.downsample = Downsample(2, name="half_resolution")
+        if pooling == "low":
+            # Views of the submodel's layers (same weights): the low scale also returns its pooled
+            # trunk features, and the tile model takes them in place of its own pooling.
+            self.low_scale, self.tile_model = submodel.pooled_context_models()
+        else:
+            self.low_scale = self.tile_model = None
+        # Every weight already exists (the submodel's): built for any image size.
+        self.build((None, None, None, 3))
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] not in (3, None):
+            raise ValueError(f"GatedSynergySeg expects images (batch, height, width, 3); "
+                             f"received shape {tuple(input_shape)}")
+        self.built = True
+
+    @property
+    def num_classes(self):
+        return int(self.submodel.output.shape[-1])
+
+    @property
+    def backbone(self):
+        return getattr(self.submodel, "backbone", None)
+
+    def high_scale_runs(self):
+        """False when the knobs select no tile at any size (fraction 0 or max_tiles 0)."""
+        return self.fraction != 0.0 and self.max_tiles != 0
+
+    def call(self, images, training=False):
+        import tensorflow as tf  # gathers and a data-dependent branch: TensorFlow backend only
+
+        images = ops.cast(images, "float32")
+        batch = ops.shape(images)[0]
+        h, w = spatial_size(images)
+        image_lo = self.downsample(images)
+        if self.pooling == "low":
+            s_lo, context = self.low_scale(image_lo, training=False)
+        else:
+            s_lo, context = self.submodel(image_lo, training=False), None
+        s_lo = ops.cast(s_lo, "float32")
+        up_lo = resize_bilinear(s_lo, (h, w))
+        uncertainty = 1.0 - ops.max(up_lo, axis=-1)
+        if self.high_scale_runs():
+            fused, gate = self._high_scale(images, s_lo, up_lo, uncertainty, context, batch, h, w, tf)
+        else:
+            fused, gate = up_lo, ops.zeros_like(uncertainty)
+        if not self.scale_outputs:
+            return fused
+        return {FUSED: fused, S_LO: up_lo, UNCERTAINTY: uncertainty[..., None], GATE: gate[..., None]}
+
+    def _high_scale(self, images, s_lo, up_lo, uncertainty, context, batch, h, w, tf):
+        t, m = self.tile_size, self.margin
+        rows, cols = -(-h // t), -(-w // t)
+        # Windows of one size for one batch: the tile plus its margins, never larger than the image.
+        win_h, win_w = ops.minimum(t + 2 * m, h), ops.minimum(t + 2 * m, w)
+        # Each window starts `margin` before its tile, shifted inward at the border (no padding).
+        start_y = ops.clip(ops.arange(rows) * t - m, 0, h - win_h)
+        start_x = ops.clip(ops.arange(cols) * t - m, 0, w - win_w)
+
+        scores = ops.reshape(tile_scores(uncertainty, t), (batch, rows * cols))
+        image_index, tile_index = select_tiles(scores, self.fraction, self.threshold, self.max_tiles)
+        count = ops.shape(tile_index)[0]
+
+        # Gather the windows from the flattened batch: pixel (b, y, x) is row b*h*w + y*w + x.
+        y0 = ops.take(start_y, tile_index // cols)
+        x0 = ops.take(start_x, tile_index % cols)
+        ys = y0[:, None] + ops.arange(win_h)[None, :]
+        xs = x0[:, None] + ops.arange(win_w)[None, :]
+        pixel = (image_index * h * w)[:, None, None] + ys[:, :, None] * w + xs[:, None, :]
+        windows = ops.take(ops.reshape(images, (-1, 3)), pixel, axis=0)
+
+        classes = self.num_classes
+
+        def run():
+            if context is None:
+                out = self.submodel(windows, training=False)
+            else:
+                out = self.tile_model([windows, ops.take(context, image_index, axis=0)], training=False)
+            return ops.cast(out, "float32")
+
+        def skip():
+            return ops.zeros((0, win_h, win_w, classes), "float32")
+
+        # The submodel fails on an empty batch (batch norm broadcasts against it), so skip it.
+        if isinstance(count, int):  # a static count (fixed input size)
+            s_hi_tiles = run() if count > 0 else skip()
+        else:
+            s_hi_tiles = tf.cond(count > 0, run, skip)
+
+        # Paste back by gathering: each pixel reads its tile's slot in the batch at its place in
+        # the window; pixels of unselected tiles read an appended zero row.
+        slot = tf.scatter_nd(ops.stack([image_index, tile_index], axis=1), ops.arange(1, count + 1),
+                             ops.stack([batch, rows * cols]))
+        slot = ops.reshape(slot, (batch, rows, cols)) - 1
+        tile_y, tile_x = ops.arange(h) // t, ops.arange(w) // t
+        slot = ops.take(ops.take(slot, tile_y, axis=1), tile_x, axis=2)  # (batch, h, w)
+        gate = ops.cast(slot >= 0, "float32")
+        local_y = ops.arange(h) - ops.take(start_y, tile_y)
+        local_x = ops.arange(w) - ops.take(start_x, tile_x)
+        empty = count * win_h * win_w
+        pixel = ops.where(slot >= 0,
+                          slot * win_h * win_w + local_y[None, :, None] * win_w + local_x[None, None, :],
+                          empty)
+        flat = ops.concatenate([ops.reshape(s_hi_tiles, (-1, classes)), ops.zeros((1, classes))], axis=0)
+        s_hi = ops.take(flat, pixel, axis=0)  # (batch, h, w, classes), zero where the high scale did not run
+        fused = ops.cast(self.fusion([s_lo, s_hi]), "float32")
+        return ops.where(gate[..., None] > 0, fused, up_lo), gate
+
+    def compute_output_shape(self, input_shape):
+        shape = (input_shape[0], input_shape[1], input_shape[2], self.num_classes)
+        if not self.scale_outputs:
+            return shape
+        one = shape[:3] + (1,)
+        return {FUSED: shape, S_LO: shape, UNCERTAINTY: one, GATE: one}
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "submodel": keras.saving.serialize_keras_object(self.submodel),
+            "fusion": keras.saving.serialize_keras_object(self.fusion),
+            "tile_size": self.tile_size,
+            "margin": self.margin,
+            "fraction": self.fraction,
+            "threshold": self.threshold,
+            "max_tiles": self.max_tiles,
+            "pooling": self.pooling,
+            "scale_outputs": self.scale_outputs,
+            "class_names": self.class_names,
+            "palette": self.palette,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["submodel"] = keras.saving.deserialize_keras_object(config["submodel"])
+        config["fusion"] = keras.saving.deserialize_keras_object(config["fusion"])
+        return cls(**config)
+
+
+def gated_synergyseg(model, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN, fraction=None, threshold=None,
+                     max_tiles=None, pooling="low", scale_outputs=False):
+    """A `GatedSynergySeg` sharing a trained SynergySeg model's submodel and fusion (nothing copied).
+
+    Args:
+        model: a `SynergySeg` (or a two-scale model saved by an older version).
+        tile_size, margin, fraction, threshold, max_tiles, pooling, scale_outputs: as in
+            `GatedSynergySeg`; fraction and threshold both None means `DEFAULT_FRACTION`.
+
+    Example:
+        >>> gated = gated_synergyseg(keras.models.load_model("runs/synthetic/best.keras"), fraction=0.25)
+    """
+    from synergyseg.models.synergy import as_synergyseg
+
+    model = as_synergyseg(model)
+    return GatedSynergySeg(model.submodel, model.fusion, tile_size=tile_size, margin=margin, fraction=fraction,
+                           threshold=threshold, max_tiles=max_tiles, pooling=pooling,
+                           scale_outputs=scale_outputs, class_names=model.class_names, palette=model.palette,
+                           name=f"gated_{model.name}")
+
+
+def tiles_selected(height, width, tile_size=DEFAULT_TILE_SIZE, fraction=DEFAULT_FRACTION, max_tiles=None):
+    """How many tiles of one `height x width` image a fraction selects (for FLOP counts)."""
+    rows, cols = -(-height // tile_size), -(-width // tile_size)
+    count = int(fraction * rows * cols + 0.5)
+    return count if max_tiles is None else min(count, max_tiles)
+
+
+def gated_conv_flops(submodel, height, width, tiles, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN):
+    """Conv FLOPs of gated inference on one image: the low scale plus `tiles` windows."""
+    from synergyseg.models.flops import conv_flops
+
+    low = conv_flops(submodel, -(-height // 2), -(-width // 2))
+    if tiles == 0:
+        return low
+    window = conv_flops(submodel, min(tile_size + 2 * margin, height), min(tile_size + 2 * margin, width))
+    return low + tiles * window

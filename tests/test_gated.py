@@ -1,0 +1,194 @@
+"""Gated inference (synergyseg/models/gated.py) against a numpy loop over tiles and the two-scale model."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+import synergyseg
+from synergyseg.models.gated import (
+    GATE, GatedSynergySeg, gated_synergyseg, select_tiles, tile_scores, tiles_selected)
+from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
+from reference import assert_save_load_round_trip, bilinear_resize, tiny_kwargs
+
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(3)
+    return synergyseg.build_synergyseg(NUM_CLASSES, **tiny_kwargs())
+
+
+def images(batch, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return tf.constant(rng.uniform(0, 255, (batch, height, width, 3)).astype("float32"))
+
+
+def numpy_tile_scores(u, tile):
+    b, h, w = u.shape
+    rows, cols = -(-h // tile), -(-w // tile)
+    out = np.zeros((b, rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            out[:, i, j] = u[:, i * tile:(i + 1) * tile, j * tile:(j + 1) * tile].mean(axis=(1, 2))
+    return out
+
+
+def numpy_gated(model, x, tile, margin, fraction):
+    """Gated eq. 1 by loops: low scale, tile means, top tiles, one window per tile, crop, paste."""
+    x = np.asarray(x)
+    b, h, w, _ = x.shape
+    sub = model.submodel
+    x_lo = bilinear_resize(x, -(-h // 2), -(-w // 2)).astype("float32")
+    up_lo = bilinear_resize(np.asarray(sub(x_lo)), h, w)
+    scores = numpy_tile_scores(1.0 - up_lo.max(-1), tile).reshape(b, -1)
+    cols = -(-w // tile)
+    count = int(np.floor(fraction * scores.shape[1] + 0.5))
+    out, gate = up_lo.copy(), np.zeros((b, h, w))
+    win_h, win_w = min(tile + 2 * margin, h), min(tile + 2 * margin, w)
+    for i in range(b):
+        for t in np.argsort(-scores[i], kind="stable")[:count]:
+            y, x0 = (t // cols) * tile, (t % cols) * tile
+            wy, wx = min(max(y - margin, 0), h - win_h), min(max(x0 - margin, 0), w - win_w)
+            s_hi = np.asarray(sub(x[i:i + 1, wy:wy + win_h, wx:wx + win_w]))[0]
+            ys, xs = slice(y, min(y + tile, h)), slice(x0, min(x0 + tile, w))
+            hi = s_hi[y - wy:y - wy + ys.stop - y, x0 - wx:x0 - wx + xs.stop - x0]
+            lo = up_lo[i, ys, xs]
+            fused = lo + hi * (1.0 - lo)  # eq. 1, then normalized over classes
+            out[i, ys, xs] = fused / fused.sum(-1, keepdims=True)
+            gate[i, ys, xs] = 1
+    return out, gate, up_lo
+
+
+def test_one_tile_without_margin_equals_the_two_scale_model(model):
+    x = images(2, 40, 56)
+    gated = gated_synergyseg(model, tile_size=64, margin=0, fraction=1.0, pooling="tile")
+    np.testing.assert_allclose(np.asarray(gated(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_one_tile_equals_the_two_scale_model_with_another_fusion(model):
+    x = images(1, 33, 47)
+    two_scale = model.with_fusion("max")
+    gated = gated_synergyseg(two_scale, tile_size=48, margin=0, fraction=1.0, pooling="tile")
+    np.testing.assert_allclose(np.asarray(gated(x)), np.asarray(two_scale(x)), atol=1e-6)
+
+
+def test_tile_scores_are_tile_means_with_cut_edge_tiles():
+    u = np.random.default_rng(1).uniform(size=(2, 37, 50)).astype("float32")
+    np.testing.assert_allclose(np.asarray(tile_scores(tf.constant(u), 16)), numpy_tile_scores(u, 16), rtol=1e-5)
+
+
+SCORES = np.array([[0.10, 0.70, 0.30, 0.90, 0.50, 0.20],
+                   [0.60, 0.05, 0.80, 0.40, 0.35, 0.95]], "float32")
+
+
+def selected(**knobs):
+    image, tile = select_tiles(tf.constant(SCORES), **knobs)
+    return sorted(zip(np.asarray(image).tolist(), np.asarray(tile).tolist()))
+
+
+def test_a_fraction_selects_the_most_uncertain_tiles_of_each_image():
+    assert selected(fraction=0.5) == [(0, 1), (0, 3), (0, 4), (1, 0), (1, 2), (1, 5)]
+    assert selected(fraction=0.25) == [(0, 1), (0, 3), (1, 2), (1, 5)]  # 1.5 tiles round up to 2
+    assert selected(fraction=0.0) == []
+    assert selected(fraction=1.0) == [(i, t) for i in range(2) for t in range(6)]
+    assert selected(fraction=1.0, max_tiles=1) == [(0, 3), (1, 5)]
+
+
+def test_a_threshold_selects_the_tiles_above_it():
+    assert selected(threshold=0.45) == [(0, 1), (0, 3), (0, 4), (1, 0), (1, 2), (1, 5)]
+    assert selected(threshold=0.75) == [(0, 3), (1, 2), (1, 5)]
+    assert selected(threshold=0.75, max_tiles=1) == [(0, 3), (1, 5)]
+    assert selected(threshold=0.99) == []
+
+
+@pytest.mark.parametrize("height,width,tile,margin,fraction", [
+    (45, 70, 16, 8, 0.4),  # odd sizes, not divisible by the tile: cut edge tiles
+    (64, 64, 32, 16, 0.5),
+    (40, 50, 64, 8, 1.0),  # the tile is larger than the image
+])
+def test_gated_matches_a_numpy_loop_over_tiles(model, height, width, tile, margin, fraction):
+    x = images(2, height, width, seed=height)
+    gated = gated_synergyseg(model, tile_size=tile, margin=margin, fraction=fraction, pooling="tile",
+                             scale_outputs=True)
+    out = gated(x)
+    expected, gate, up_lo = numpy_gated(model, x, tile, margin, fraction)
+    np.testing.assert_array_equal(np.asarray(out[GATE])[..., 0], gate)
+    np.testing.assert_allclose(np.asarray(out[S_LO]), up_lo, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out[UNCERTAINTY])[..., 0], 1 - up_lo.max(-1), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out[FUSED]), expected, atol=1e-5)
+    # Unselected pixels are the low scale's prediction.
+    unselected = gate == 0
+    np.testing.assert_allclose(np.asarray(out[FUSED])[unselected], up_lo[unselected], atol=1e-5)
+    assert 0 < gate.mean() <= 1
+
+
+def test_batch_members_are_gated_independently(model):
+    x = images(3, 48, 80, seed=7)
+    gated = gated_synergyseg(model, tile_size=16, margin=8, threshold=0.3)
+    together = np.asarray(gated(x))
+    for i in range(3):
+        np.testing.assert_allclose(together[i], np.asarray(gated(x[i:i + 1]))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["low", "tile"])
+def test_fraction_zero_is_the_low_scale_and_one_covers_every_pixel(model, pooling):
+    x = images(2, 37, 61, seed=5)
+    low = gated_synergyseg(model, tile_size=16, margin=4, fraction=0.0, pooling=pooling, scale_outputs=True)(x)
+    up_lo = bilinear_resize(np.asarray(model.submodel(bilinear_resize(np.asarray(x), 19, 31).astype("float32"))),
+                            37, 61)
+    np.testing.assert_allclose(np.asarray(low[FUSED]), up_lo, atol=1e-5)
+    assert np.asarray(low[GATE]).max() == 0
+    full = gated_synergyseg(model, tile_size=16, margin=4, fraction=1.0, pooling=pooling, scale_outputs=True)(x)
+    assert np.asarray(full[GATE]).min() == 1
+    assert tiles_selected(37, 61, tile_size=16, fraction=1.0) == 3 * 4
+
+
+def test_pooled_context_views_reproduce_the_submodel(model):
+    x = images(2, 48, 64, seed=2)
+    with_context, given_context = model.submodel.pooled_context_models()
+    probabilities, context = with_context(x)
+    assert tuple(context.shape) == (2, 1, 1, tiny_kwargs()["backbone_width"] * 8)
+    np.testing.assert_allclose(np.asarray(probabilities), np.asarray(model.submodel(x)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(given_context([x, context])), np.asarray(probabilities), atol=1e-6)
+    # The context is used: another image's context changes the answer.
+    other = tf.reverse(context, [0])
+    assert np.abs(np.asarray(given_context([x, other])) - np.asarray(probabilities)).max() > 1e-4
+
+
+@pytest.mark.parametrize("knobs,message", [
+    (dict(tile_size=8), "tile_size"),
+    (dict(tile_size=32, margin=32), "margin"),
+    (dict(margin=-1), "margin"),
+    (dict(fraction=-0.1), "fraction"),
+    (dict(fraction=1.5), "fraction"),
+    (dict(threshold=2.0), "threshold"),
+    (dict(fraction=0.5, threshold=0.5), "not both"),
+    (dict(max_tiles=-1), "max_tiles"),
+    (dict(pooling="image"), "pooling"),
+])
+def test_bad_knobs_are_refused(model, knobs, message):
+    with pytest.raises(ValueError, match=message):
+        gated_synergyseg(model, **knobs)
+
+
+def test_save_and_load_with_safe_mode(model, tmp_path):
+    gated = gated_synergyseg(model, tile_size=16, margin=4, threshold=0.2, max_tiles=3, pooling="low")
+    loaded = assert_save_load_round_trip(gated, images(2, 40, 48).numpy(), str(tmp_path / "gated.keras"))
+    assert isinstance(loaded, GatedSynergySeg)
+    assert (loaded.tile_size, loaded.margin, loaded.threshold, loaded.max_tiles, loaded.pooling) == (
+        16, 4, 0.2, 3, "low")
+    assert loaded.fraction is None
+
+
+@pytest.mark.parametrize("knobs", [dict(threshold=0.2), dict(fraction=0.5)])
+def test_saved_model_export_matches_keras(model, tmp_path, knobs):
+    gated = gated_synergyseg(model, tile_size=16, margin=4, **knobs)
+    path = str(tmp_path / "saved_model")
+    gated.export(path, format="tf_saved_model",
+                 input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+    loaded = tf.saved_model.load(path)  # kept: its variables live as long as it does
+    for x in (images(1, 40, 48), images(2, 35, 53, seed=4)):
+        np.testing.assert_allclose(np.asarray(loaded.serve(x)), np.asarray(gated(x)), atol=1e-6)
