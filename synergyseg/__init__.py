@@ -16,6 +16,7 @@ from synergyseg.models.fusion import (
 )
 from synergyseg.models.synergy import SynergySeg, as_synergyseg, build_synergyseg, submodel_of, with_fusion
 from synergyseg.training.schedules import WarmupPolynomialDecay
+from synergyseg.predict.segmenter import Segmenter
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "HighScaleOnly",
     "LowScaleOnly",
     "MaxFusion",
+    "Segmenter",
     "SynergySeg",
     "UncertaintyFusion",
     "UncertaintyMask",

@@ -1,13 +1,17 @@
 """Finding and loading the trained model in a `.keras` file or a train.py run folder (for evaluate and export)."""
 
+import json
 import os
 
 import keras
 
+from synergyseg.data.info import info_for
+from synergyseg.models.names import FUSED
 from synergyseg.models.synergy import as_synergyseg
 
 # train.py's run folder: the best checkpoint by validation mIoU, else the last epoch's.
 RUN_CHECKPOINTS = ("best.keras", "final.keras")
+RUN_CONFIG = "config.json"
 
 
 def resolve_model_path(path):
@@ -61,3 +65,31 @@ def load_synergyseg_model(path):
         ValueError: the file is not a Keras model, or not a SynergySeg model.
     """
     return as_synergyseg(load_model(path), resolve_model_path(path))
+
+
+def class_info(model, path=None):
+    """`(class_names, palette)` for a loaded model: its own, else its run folder's dataset, else Nones.
+
+    Models saved before SynergySeg carried them have none; then the `config.json` beside the
+    `.keras` file (the run's) names the dataset, whose `DatasetInfo` has them.
+    """
+    names, palette = getattr(model, "class_names", None), getattr(model, "palette", None)
+    if names is not None and palette is not None:
+        return list(names), [list(c) for c in palette]
+    if path is None:
+        return None, None
+    config_path = os.path.join(os.path.dirname(os.path.abspath(resolve_model_path(path))), RUN_CONFIG)
+    if not os.path.isfile(config_path):
+        return None, None
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        info = info_for(config.get("dataset"), config.get("mapillary_config"))
+    except FileNotFoundError:  # a Mapillary run whose config.json stayed on the training machine
+        return None, None
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{config_path}: cannot tell the run's classes ({e})") from e
+    shape = model.output_shape
+    if info.num_classes != int((shape[FUSED] if isinstance(shape, dict) else shape)[-1]):
+        return None, None
+    return list(names or info.class_names), [list(c) for c in (palette or info.colors)]

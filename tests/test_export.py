@@ -101,10 +101,15 @@ def _mean_iou(pred, label, num_classes):
 
 
 def test_export_writes_every_artifact(exported):
-    assert set(exported) == {"saved_model", "onnx", *(f"tflite_{q}" for q in QUANTIZATIONS)}
+    assert set(exported) == {"saved_model", "onnx", "metadata",
+                             *(f"tflite_{q}" for q in QUANTIZATIONS)}
     out = os.path.dirname(exported["onnx"])
     assert sorted(os.listdir(out)) == sorted(
-        ["saved_model", "model.onnx", *(f"model_{q}.tflite" for q in QUANTIZATIONS)])
+        ["saved_model", "model.onnx", "metadata.json", *(f"model_{q}.tflite" for q in QUANTIZATIONS)])
+    # Class names and colours travel beside the artifacts (they hold only the serving graph).
+    meta = json.loads(open(exported["metadata"]).read())
+    assert meta["num_classes"] == SYNTHETIC.num_classes
+    assert meta["tflite_size"] == [HEIGHT, WIDTH]
     # No staging folder left beside the output.
     assert [n for n in os.listdir(os.path.dirname(out)) if n.startswith(".")] == []
 
@@ -365,7 +370,7 @@ def test_command_line(run_dir, tmp_path, capsys):
     out = tmp_path / "cli"
     assert cli_main([str(run_dir), "--out", str(out), "--formats", "tflite",
                      "--quantizations", "float32", "--tflite-size", "32x40"]) == 0
-    assert _listing(out) == ["model_float32.tflite"]
+    assert _listing(out) == ["metadata.json", "model_float32.tflite"]
     interpreter = make_interpreter(model_path=str(out / "model_float32.tflite"))
     assert list(interpreter.get_signature_runner().get_input_details()["images"]["shape"]) == [
         1, 32, 40, 3]

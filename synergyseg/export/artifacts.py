@@ -8,7 +8,8 @@ import time
 import keras
 
 from synergyseg.models.synergy import as_synergyseg
-from synergyseg.run_folder import load_synergyseg_model, resolve_model_path
+from synergyseg.run_folder import class_info, load_synergyseg_model, resolve_model_path
+from synergyseg.export.metadata import METADATA_NAME, metadata, write_metadata
 from synergyseg.export.onnx import export_onnx
 from synergyseg.export.saved_model import export_saved_model
 from synergyseg.export.tflite import (
@@ -80,7 +81,7 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
 
     Returns:
         `{artifact: path}` for "saved_model", "tflite_float32", "tflite_float16", "tflite_int8",
-        "onnx" (those requested).
+        "onnx" (those requested) and "metadata" (metadata.json: class names and colours).
 
     Example:
         >>> export_model("runs/cityscapes", "export", tflite_size=(512, 1024),
@@ -123,6 +124,11 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
                 export_tflite(model, path, size, quantization,
                               calibration_set if quantization == "int8" else None)
             log(f"      {_dir_size(path) / 2**20:.1f} MiB in {time.perf_counter() - start:.0f} s")
+        # Class names and colours beside the artifacts, which hold only the serving graph.
+        source_path = None if isinstance(source, keras.Model) else resolve_model_path(source)
+        write_metadata(os.path.join(staging, METADATA_NAME), metadata(
+            model, *class_info(model, source_path), source=source_path, tflite_size=size))
+        names["metadata"] = METADATA_NAME
         os.makedirs(out_dir, exist_ok=True)
         written = {}
         for artifact, name in names.items():

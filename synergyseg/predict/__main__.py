@@ -1,0 +1,5 @@
+import sys
+
+from synergyseg.predict.cli import main
+
+sys.exit(main())

@@ -1,0 +1,218 @@
+"""`Segmenter`: segment your own pictures with a trained model in any of its saved forms.
+
+    import synergyseg
+    segmenter = synergyseg.Segmenter("runs/synthetic")        # or best.keras, saved_model/, .tflite
+    result = segmenter.predict("street.jpg")                  # class map at the picture's size
+    result.class_map, result.uncertainty                      # (H, W) uint8, (H, W) float32
+    picture = segmenter.overlay("street.jpg", result.class_map, opacity=0.5)
+"""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from synergyseg.data.info import colorize
+from synergyseg.export.metadata import read_metadata
+from synergyseg.predict import io
+from synergyseg.predict.runners import KerasRunner, SavedModelRunner, TFLiteRunner
+from synergyseg.run_folder import RUN_CHECKPOINTS, class_info, load_model
+
+SAVED_MODEL_FILE = "saved_model.pb"
+# An export folder (synergyseg.export) holds its SavedModel under this name.
+EXPORT_SAVED_MODEL = "saved_model"
+# The largest resize factor accepted: beyond it the model sees upsampled blur and memory explodes.
+MAX_RESIZE_FACTOR = 4.0
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """One picture's prediction, at the picture's own size.
+
+    Attributes:
+        class_map: (H, W) class ids (train ids 0..num_classes-1), uint8 up to 256 classes.
+        uncertainty: (H, W) float32 in [0, 1], the low scale's uncertainty mask (two-scale
+            models only, else None).
+        probabilities: (H, W, num_classes) float32 fused probabilities, when asked for.
+    """
+
+    class_map: np.ndarray
+    uncertainty: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+
+
+def generic_palette(num_classes):
+    """Evenly spread hues for a model that carries no colours (as evaluation does for unknown data)."""
+    from synergyseg.evaluation.loading import generic_info
+
+    info = generic_info(num_classes)
+    return list(info.class_names), [list(c) for c in info.colors]
+
+
+def _resolve(path):
+    """`(form, path)`: "keras" (a .keras file or run folder), "saved_model" or "tflite"."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Model {path!r} does not exist (expected a run folder, a .keras "
+                                "file, a SavedModel folder or a .tflite file)")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+            return "saved_model", path
+        if any(os.path.isfile(os.path.join(path, name)) for name in RUN_CHECKPOINTS):
+            return "keras", path
+        nested = os.path.join(path, EXPORT_SAVED_MODEL)
+        if os.path.isfile(os.path.join(nested, SAVED_MODEL_FILE)):
+            return "saved_model", nested
+        raise FileNotFoundError(
+            f"Folder {path!r} holds no model: expected a run folder ({' or '.join(RUN_CHECKPOINTS)}), "
+            f"a SavedModel ({SAVED_MODEL_FILE}) or an export folder ({EXPORT_SAVED_MODEL}/)")
+    if path.endswith(".keras"):
+        return "keras", path
+    if path.endswith(".tflite"):
+        return "tflite", path
+    raise ValueError(f"Model file {path!r} is neither a .keras nor a .tflite file")
+
+
+class Segmenter:
+    """A trained segmentation model, ready for pictures: class maps at each picture's size.
+
+    Loads from a train.py run folder (best.keras, else final.keras), a `.keras` file, an
+    exported SavedModel folder (or the export folder holding it) or an exported `.tflite` file.
+    Class names and colours come with the model: from the model itself, its run folder's
+    dataset, or the export folder's metadata.json; a model with none gets evenly spread hues.
+
+    Args:
+        model: a path as above, or a loaded Keras model (SynergySeg or single-scale).
+        jit_compile: XLA for a Keras model; None (default) uses it only where a GPU is visible.
+        num_threads: TFLite interpreter threads (default: all cores).
+
+    Example:
+        >>> segmenter = Segmenter("export/synthetic/model_float32.tflite")
+        >>> segmenter.predict(np.zeros((256, 512, 3), np.uint8)).class_map.shape   # (256, 512)
+    """
+
+    def __init__(self, model, *, jit_compile=None, num_threads=None):
+        names = palette = None
+        if isinstance(model, keras.Model):
+            self.source, self.form = model.name, "keras"
+            self.runner = KerasRunner(model, jit_compile)
+            names, palette = class_info(model)
+        else:
+            self.form, self.source = _resolve(model)
+            if self.form == "keras":
+                loaded = load_model(self.source)
+                self.runner = KerasRunner(loaded, jit_compile)
+                names, palette = class_info(loaded, self.source)
+            else:
+                self.runner = (SavedModelRunner(self.source) if self.form == "saved_model"
+                               else TFLiteRunner(self.source, num_threads))
+                names, palette = self._export_classes()
+        generic_names, generic_colors = generic_palette(self.num_classes)
+        self.class_names = list(names) if names is not None else generic_names
+        self.palette = [list(map(int, c)) for c in palette] if palette is not None else generic_colors
+
+    def _export_classes(self):
+        values = read_metadata(self.source)
+        if values is None:
+            return None, None
+        if values["num_classes"] != self.num_classes:
+            from synergyseg.export.metadata import metadata_path
+
+            raise ValueError(
+                f"{self.source!r} predicts {self.num_classes} classes but {metadata_path(self.source)!r} "
+                f"beside it describes a model of {values['num_classes']}: the file comes from "
+                "another export; export the model again or keep each export in its own folder")
+        return values.get("class_names"), values.get("palette")
+
+    @property
+    def num_classes(self):
+        return self.runner.num_classes
+
+    @property
+    def two_scale(self):
+        """True when predictions carry the low scale's uncertainty map."""
+        return self.runner.two_scale
+
+    @property
+    def input_size(self):
+        """`(height, width)` the model runs at (a TFLite file's fixed size), or None for any size."""
+        return self.runner.input_size
+
+    def __repr__(self):
+        return (f"Segmenter({self.source!r}, form={self.form!r}, num_classes={self.num_classes}, "
+                f"two_scale={self.two_scale})")
+
+    def predict(self, images, *, probabilities=False, resize_factor=None, flip=False):
+        """Segments one picture or a batch; each result is at its picture's own size.
+
+        Args:
+            images: one picture (a path, a PIL image, an (H, W, 3) array of RGB in [0, 255]; gray
+                and RGBA are converted) or a batch (an (N, H, W, 3) array or a list of pictures,
+                sizes may differ).
+            probabilities: also return the (H, W, C) fused probabilities.
+            resize_factor: run the model on the picture resized by this factor (e.g. 0.5 for
+                speed); the result is resized back (bilinear probabilities, as evaluate.py).
+                Not for TFLite files, which always run at their fixed size.
+            flip: also run the mirrored picture and average the probabilities (test-time flip).
+
+        Returns:
+            A `Segmentation` for one picture, a list of them for a batch.
+        """
+        if resize_factor is not None:
+            if self.input_size is not None:
+                raise ValueError(f"resize_factor does not apply to {self.source!r}: a TFLite model "
+                                 f"runs at its fixed size {self.input_size[0]}x{self.input_size[1]}")
+            if not 0 < resize_factor <= MAX_RESIZE_FACTOR:
+                raise ValueError(f"resize_factor must be in (0, {MAX_RESIZE_FACTOR}], got {resize_factor}")
+        batch, single = io.as_batch(images)
+        results = [None] * len(batch)
+        # Pictures of one size run together; a list of mixed sizes runs size by size.
+        by_size = {}
+        for i, image in enumerate(batch):
+            by_size.setdefault(image.shape[:2], []).append(i)
+        for size, indices in by_size.items():
+            stacked = np.stack([batch[i] for i in indices]).astype(np.float32)
+            for i, result in zip(indices, self._predict_same_size(stacked, probabilities,
+                                                                  resize_factor, flip)):
+                results[i] = result
+        return results[0] if single else results
+
+    def _run(self, images, flip):
+        probabilities, uncertainty = self.runner(images)
+        if flip:
+            mirrored, mirrored_uncertainty = self.runner(images[:, :, ::-1])
+            probabilities = 0.5 * (probabilities + mirrored[:, :, ::-1])
+            if uncertainty is not None:
+                uncertainty = 0.5 * (uncertainty + mirrored_uncertainty[:, :, ::-1])
+        return probabilities, uncertainty
+
+    def _predict_same_size(self, images, want_probabilities, resize_factor, flip):
+        size = images.shape[1:3]
+        model_size = self.input_size
+        if model_size is None and resize_factor not in (None, 1):
+            model_size = tuple(int(round(s * resize_factor)) for s in size)
+        if model_size is not None and tuple(model_size) != tuple(size):
+            # As the evaluation pipeline resizes pictures: bilinear on float pixels.
+            images = tf.image.resize(images, model_size, method="bilinear").numpy()
+        probabilities, uncertainty = self._run(images, flip)
+        if probabilities.shape[1:3] != size:
+            probabilities = tf.image.resize(probabilities, size, method="bilinear").numpy()
+            if uncertainty is not None:
+                uncertainty = tf.image.resize(uncertainty[..., None], size, method="bilinear").numpy()[..., 0]
+        class_maps = np.argmax(probabilities, axis=-1).astype(
+            np.uint8 if self.num_classes <= 256 else np.int32)
+        return [Segmentation(class_maps[i], None if uncertainty is None else uncertainty[i],
+                             probabilities[i] if want_probabilities else None)
+                for i in range(len(images))]
+
+    def colorize(self, class_map):
+        """(H, W) class ids -> (H, W, 3) uint8 RGB in the model's palette."""
+        return colorize(class_map, self.palette)
+
+    def overlay(self, image, class_map, opacity=0.5):
+        """The picture with its colour map blended in: `(1 - opacity) * image + opacity * colours`."""
+        from synergyseg.predict.render import overlay
+
+        return overlay(io.as_batch(image)[0][0], self.colorize(class_map), opacity)
