@@ -5,6 +5,7 @@
     python evaluate.py runs/cityscapes --flip --resize-factor 0.5 --limit 100
     python evaluate.py runs/cityscapes --no-ablation --cityscapes-results results/
     python evaluate.py runs/cityscapes --speed-only --speed-size 1024x2048 --jit --precision mixed_float16
+    python evaluate.py runs/synthetic --gated 0.25 --gated-threshold 0.3 --speed-size 256x512
 
 Writes report.md, results.json, accuracy.csv, ablation.csv, speed.csv, confusion_matrix.csv and
 figures/*.png into --out (default RUN/evaluation) and prints the tables.
@@ -44,6 +45,11 @@ def parse_args(argv=None):
     p.add_argument("--fusions", default=",".join(ABLATION_FUSIONS),
                    help="fusions for the ablation, comma-separated (default: %(default)s)")
     p.add_argument("--no-ablation", action="store_true", help="skip the fusion ablation")
+    p.add_argument("--gated", type=float, action="append", default=[], metavar="FRACTION",
+                   help="also score and time gated inference, the high scale on this fraction of "
+                        "tiles (repeatable: --gated 0.25 --gated 0.4)")
+    p.add_argument("--gated-threshold", type=float, action="append", default=[], metavar="U",
+                   help="also score and time gated inference on the tiles whose mean uncertainty is above U")
     p.add_argument("--figures", dest="num_figures", type=int, default=defaults.num_figures,
                    help="images in the qualitative figure; 0 writes no figures (default: %(default)s)")
     p.add_argument("--cityscapes-results", metavar="DIR",
@@ -70,6 +76,7 @@ def main(argv=None):
         run_or_model=args.run_or_model, data=args.data, out_dir=args.out_dir, dataset=args.dataset,
         mapillary_config=args.mapillary_config, batch_size=args.batch_size, limit=args.limit,
         resize_factor=args.resize_factor, flip=args.flip, ablation=fusions,
+        gated=tuple(args.gated), gated_thresholds=tuple(args.gated_threshold),
         num_figures=args.num_figures, cityscapes_results=args.cityscapes_results,
         accuracy=not args.speed_only, speed=not args.no_speed, speed_size=args.speed_size,
         speed_batch_size=args.speed_batch_size,

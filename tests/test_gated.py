@@ -192,3 +192,18 @@ def test_saved_model_export_matches_keras(model, tmp_path, knobs):
     loaded = tf.saved_model.load(path)  # kept: its variables live as long as it does
     for x in (images(1, 40, 48), images(2, 35, 53, seed=4)):
         np.testing.assert_allclose(np.asarray(loaded.serve(x)), np.asarray(gated(x)), atol=1e-6)
+
+
+def test_tflite_at_a_fixed_size_matches_keras(model, tmp_path):
+    # A fraction gives a fixed tile count at a fixed size: static shapes, builtin ops only.
+    gated = gated_synergyseg(model, tile_size=32, margin=8, fraction=0.25)
+    module = tf.Module()
+    module.variables_ = [v.value for v in gated.variables]
+    module.serve = tf.function(lambda images: {"probabilities": gated(images, training=False)},
+                               input_signature=[tf.TensorSpec((1, 80, 112, 3), tf.float32)])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path), ["serving_default"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner("serving_default")
+    x = images(1, 80, 112, seed=9)
+    np.testing.assert_allclose(runner(images=x.numpy())["probabilities"], np.asarray(gated(x)), atol=1e-5)

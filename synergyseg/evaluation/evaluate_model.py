@@ -8,6 +8,7 @@ everything it writes lands in `options.out_dir`:
     accuracy.csv           per-class IoU of the model (Table I)
     ablation.csv           per-class IoU of each fusion on the same weights
     speed.csv              FPS and latency of the two-scale and single-scale models (Table II)
+    gated.csv              per-class IoU of gated inference (`gated`, `gated_thresholds`), beside two-scale
     confusion_matrix.csv   pixel counts, rows = labels, columns = predictions
     figures/*.png          qualitative grid, per-class IoU bars, normalized confusion matrix
 """
@@ -25,6 +26,7 @@ from synergyseg.evaluation.loading import dataset_info, num_outputs, resolve_mod
 from synergyseg.atomic import write_text
 from synergyseg.run_folder import load_model
 from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
+from synergyseg.models.gated import DEFAULT_MARGIN, DEFAULT_TILE_SIZE, check_gating, gated_synergyseg
 from synergyseg.models.synergy import SynergySeg
 
 
@@ -42,6 +44,8 @@ class EvaluationOptions:
     resize_factor: float = None  # run the model on resized images, score at the label's size
     flip: bool = False  # horizontal-flip test-time augmentation
     ablation: tuple = ABLATION_FUSIONS  # empty: no ablation
+    gated: tuple = ()  # fractions of tiles for gated inference (models/gated.py), scored and timed
+    gated_thresholds: tuple = ()  # uncertainty thresholds for gated inference, scored and timed
     num_figures: int = 4  # images in the qualitative grid; 0: no figures
     cityscapes_results: str = None  # folder for label-id PNGs (Cityscapes benchmark layout)
     accuracy: bool = True  # False: only the speed (no data needed)
@@ -71,6 +75,10 @@ def _check(options):
         raise ValueError(f"--resize-factor must be in (0, 4], got {options.resize_factor}")
     if options.num_figures < 0:
         raise ValueError(f"--figures must be 0 or more, got {options.num_figures}")
+    for fraction in options.gated:
+        check_gating(DEFAULT_TILE_SIZE, DEFAULT_MARGIN, fraction, None, None, "low")
+    for threshold in options.gated_thresholds:
+        check_gating(DEFAULT_TILE_SIZE, DEFAULT_MARGIN, None, threshold, None, "low")
 
 
 def evaluate_model(options, log=print):
@@ -139,6 +147,17 @@ def evaluate_model(options, log=print):
         files["ablation.csv"] = report.iou_csv(ablation, info.class_names)
     elif options.ablation:
         sections.append("## Fusion ablation\n\nSkipped: the model is single-scale (it has no fusion).")
+    gated = _gated_models(model, options)
+    if gated:
+        for label, gated_model in gated:
+            log(f"Evaluating {label}...")
+            scores[label] = evaluate_batches(Predictor(gated_model), batches, num_classes,
+                                             progress=options.progress, total=total)[MODEL_KEY].scores()
+        columns = {"two-scale": scores[MODEL_KEY], **{label: scores[label] for label, _ in gated}}
+        results["gated"] = {label: report.scores_record(scores[label], info.class_names) for label, _ in gated}
+        sections.append("## Gated inference (same weights)\n\n" + report.summary_markdown(columns) + "\n\n"
+                        + report.iou_markdown(columns, info.class_names))
+        files["gated.csv"] = report.iou_csv(columns, info.class_names)
 
     if options.speed:
         results["speed"] = _measure_speed(model, predictor.two_scale, options, log)
@@ -207,6 +226,7 @@ def _accuracy_section(results, scores, info):
 def _measure_speed(model, two_scale, options, log):
     height, width = options.speed_size
     models = [("two-scale", model), ("single-scale", model.submodel)] if two_scale else [("single-scale", model)]
+    models += _gated_models(model, options)
     measurements = []
     for label, m in models:
         log(f"Timing the {label} model at {height}x{width}, batch {options.speed_batch_size}...")
@@ -215,6 +235,15 @@ def _measure_speed(model, two_scale, options, log):
             iterations=options.speed_iterations, jit_compile=options.jit_compile,
             precision=options.precision, name=label))
     return measurements
+
+
+def _gated_models(model, options):
+    """`[(label, GatedSynergySeg)]` for each of `options.gated` (fractions) and `options.gated_thresholds`."""
+    settings = [(f"gated {f:g}", {"fraction": f}) for f in options.gated]
+    settings += [(f"gated >{t:g}", {"threshold": t}) for t in options.gated_thresholds]
+    if settings and not is_two_scale(model):
+        raise ValueError("--gated and --gated-threshold need a two-scale SynergySeg model; this one is single-scale")
+    return [(label, gated_synergyseg(model, **knobs)) for label, knobs in settings]
 
 
 def _speed_csv(measurements):

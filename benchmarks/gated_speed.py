@@ -1,0 +1,208 @@
+"""Gated inference against the single- and two-scale models: mIoU, measured latency and conv FLOPs, in one run.
+
+Examples:
+    python benchmarks/gated_speed.py                                    # main job's model, then R50 timing
+    python benchmarks/gated_speed.py --model runs/synthetic --timing-backbones --repeats 5   # no R50
+
+Part 1, the trained model (default runs/synthetic) on its validation set: mIoU of single-scale,
+two-scale and gated inference at each fraction (both ways of feeding the ASPP image pooling, "low"
+and "tile") and threshold, and each one's latency at the data's size, timed round-robin in one run.
+Part 2, timing only (random weights, random images): ResNet-50 at 512x1024 and 1024x2048.
+Writes --out/gated_speed.json and --out/gated_speed.png (mIoU against latency) and prints tables.
+"""
+
+import argparse
+import datetime
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import synergyseg  # noqa: E402
+from synergyseg.atomic import atomic_output, write_json  # noqa: E402
+from synergyseg.evaluation import MODEL_KEY, Predictor, evaluate_batches, validation_batches  # noqa: E402
+from synergyseg.evaluation.loading import resolve_model, validation_pattern  # noqa: E402
+from synergyseg.models.flops import conv_flops  # noqa: E402
+from synergyseg.models.gated import (  # noqa: E402
+    DEFAULT_MARGIN, DEFAULT_TILE_SIZE, GatedSynergySeg, gated_conv_flops, gated_synergyseg, select_tiles,
+    tile_scores, tiles_selected)
+from synergyseg.models.names import UNCERTAINTY  # noqa: E402
+from synergyseg.run_folder import load_model  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_speed import cpu_name, median_seconds  # noqa: E402
+
+# The issue's settings: 0 is the low scale alone, 1 every tile.
+FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 1.0)
+TIMING_SIZES = ((512, 1024), (1024, 2048))
+
+
+def label_map_fn(model):
+    """The timed call: the model, the argmax and the uint8 class map on the host (as speed.measure)."""
+    return tf.function(lambda x: tf.cast(tf.argmax(model(x, training=False), axis=-1), tf.uint8))
+
+
+def over_images(fn):
+    """One call runs `fn` on each image of a list, waiting for each result."""
+    return lambda images: np.stack([fn(x).numpy() for x in images])
+
+
+def mean_tiles(gated, batches, threshold):
+    """Mean number of tiles per image a threshold selects on `batches` (from the gated model's uncertainty)."""
+    scales = GatedSynergySeg(gated.submodel, gated.fusion, gated.tile_size, gated.margin, fraction=0.0,
+                             pooling=gated.pooling, scale_outputs=True)
+    counts = []
+    for images, _, _ in batches:
+        u = scales(tf.cast(images, tf.float32))[UNCERTAINTY][..., 0]
+        scores = tf.reshape(tile_scores(u, gated.tile_size), (u.shape[0], -1))
+        image, _ = select_tiles(scores, threshold=threshold, max_tiles=gated.max_tiles)
+        counts.append(len(image) / u.shape[0])
+    return float(np.mean(counts))
+
+
+def accuracy_and_speed(args):
+    model_path, config = resolve_model(args.model)
+    model = load_model(model_path)
+    data = args.data or validation_pattern(config or {})
+    batches = list(validation_batches(data, 1, limit=args.limit))
+    height, width = (int(d) for d in batches[0][0].shape[1:3])
+    num_classes = model.num_classes
+    sub = model.submodel
+
+    entries = [("single-scale", "single", sub, None), ("two-scale", "two", model, None)]
+    for pooling in ("low", "tile"):
+        for f in FRACTIONS:
+            entries.append((f"gated {f:g} ({pooling} pooling)", "gated",
+                            gated_synergyseg(model, args.tile_size, args.margin, fraction=f, pooling=pooling), f))
+    for t in args.thresholds:
+        entries.append((f"gated >{t:g} (low pooling)", "gated",
+                        gated_synergyseg(model, args.tile_size, args.margin, threshold=t), None))
+
+    rows = []
+    for label, kind, m, fraction in entries:
+        print(f"scoring {label}...", flush=True)
+        scores = evaluate_batches(Predictor(m), batches, num_classes, progress=False)[MODEL_KEY].scores()
+        if kind == "single":
+            flops = conv_flops(sub, height, width)
+            tiles = None
+        elif kind == "two":
+            flops = conv_flops(sub, height, width) + conv_flops(sub, -(-height // 2), -(-width // 2))
+            tiles = None
+        else:
+            tiles = (tiles_selected(height, width, args.tile_size, fraction) if fraction is not None
+                     else mean_tiles(m, batches, m.threshold))
+            flops = gated_conv_flops(sub, height, width, tiles, args.tile_size, args.margin)
+        rows.append({"model": label, "miou": float(scores.mean_iou), "flops": float(flops), "tiles": tiles})
+
+    # Timed on validation images, not random ones: a threshold's tile count depends on the image.
+    images = [tf.cast(b[0], tf.float32) for b in batches[:args.timing_images]]
+    print(f"timing {len(entries)} models at {height}x{width} on {len(images)} validation images, "
+          f"{args.repeats} rounds...", flush=True)
+    seconds = median_seconds([over_images(label_map_fn(m)) for _, _, m, _ in entries], images, args.repeats)
+    for row, s in zip(rows, seconds):
+        row["latency_ms"] = 1000 * s / len(images)
+    two = rows[1]
+    for row in rows:
+        row["latency_vs_two_scale"] = row["latency_ms"] / two["latency_ms"]
+        row["flops_vs_two_scale"] = row["flops"] / two["flops"]
+        row["miou_minus_two_scale"] = 100 * (row["miou"] - two["miou"])
+    return {"model": os.path.abspath(model_path), "data": data, "images": len(batches), "size": [height, width],
+            "tile_size": args.tile_size, "margin": args.margin, "rows": rows}
+
+
+def timing_only(args, backbone, height, width):
+    model = synergyseg.build_synergyseg(19, backbone=backbone)
+    sub = model.submodel
+    rows = [("single-scale", sub, conv_flops(sub, height, width)),
+            ("two-scale", model, conv_flops(sub, height, width) + conv_flops(sub, -(-height // 2), -(-width // 2)))]
+    for f in args.timing_fractions:
+        tiles = tiles_selected(height, width, args.tile_size, f)
+        rows.append((f"gated {f:g}", gated_synergyseg(model, args.tile_size, args.margin, fraction=f),
+                     gated_conv_flops(sub, height, width, tiles, args.tile_size, args.margin)))
+    print(f"timing {backbone} at {height}x{width}, {args.timing_repeats} rounds...", flush=True)
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype("float32"))
+    seconds = median_seconds([label_map_fn(m) for _, m, _ in rows], x, args.timing_repeats, warmup=1)
+    out = [{"model": label, "flops": float(flops), "latency_ms": 1000 * s} for (label, _, flops), s in zip(rows, seconds)]
+    for row in out:
+        row["latency_vs_two_scale"] = row["latency_ms"] / out[1]["latency_ms"]
+        row["flops_vs_two_scale"] = row["flops"] / out[1]["flops"]
+    return {"backbone": backbone, "size": [height, width], "rows": out}
+
+
+def markdown(rows, accuracy):
+    head = "| setting | " + ("mIoU | Δ mIoU vs two-scale | " if accuracy else "") + \
+        "latency (ms) | latency / two-scale | conv GFLOPs | FLOPs / two-scale |"
+    lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
+    for r in rows:
+        cells = [r["model"]]
+        if accuracy:
+            cells += [f"{100 * r['miou']:.1f}", f"{r['miou_minus_two_scale']:+.1f}"]
+        cells += [f"{r['latency_ms']:.0f}", f"{r['latency_vs_two_scale']:.2f}", f"{r['flops'] / 1e9:.1f}",
+                  f"{r['flops_vs_two_scale']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(path, result):
+    figure = Figure(figsize=(8, 5), dpi=100)
+    ax = figure.add_subplot()
+    rows = result["rows"]
+    for pooling, marker in (("low", "o-"), ("tile", "s--")):
+        points = [r for r in rows if r["model"].endswith(f"({pooling} pooling)") and ">" not in r["model"]]
+        ax.plot([r["latency_ms"] for r in points], [100 * r["miou"] for r in points], marker,
+                label=f"gated, fractions {', '.join(r['model'].split()[1] for r in points)} ({pooling} pooling)")
+    for r in rows:
+        if r["model"] in ("single-scale", "two-scale") or ">" in r["model"]:
+            ax.plot(r["latency_ms"], 100 * r["miou"], "*", markersize=12, label=r["model"])
+    ax.set_xlabel(f"latency per image (ms, {result['size'][0]}x{result['size'][1]}, loaded shared CPU)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("Gated inference: mIoU against measured latency (main job's model, synthetic val)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    with atomic_output(path) as tmp:
+        FigureCanvasAgg(figure).print_png(tmp)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="runs/synthetic", help="run folder or .keras file")
+    p.add_argument("--data", help="validation TFRecord glob (default: the run's)")
+    p.add_argument("--limit", type=int, help="first N validation images only")
+    p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
+    p.add_argument("--margin", type=int, default=DEFAULT_MARGIN)
+    p.add_argument("--thresholds", type=float, nargs="*", default=[0.1, 0.15])
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds for the trained model")
+    p.add_argument("--timing-images", type=int, default=8, help="validation images per timed round")
+    p.add_argument("--timing-backbones", nargs="*", default=["resnet50"], help="random-weight models to time")
+    p.add_argument("--timing-sizes", nargs="*", default=[f"{h}x{w}" for h, w in TIMING_SIZES])
+    p.add_argument("--timing-fractions", type=float, nargs="*", default=list(FRACTIONS))
+    p.add_argument("--timing-repeats", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args()
+
+    print(f"# {datetime.datetime.now():%Y-%m-%d %H:%M}  {cpu_name()}  {os.cpu_count()} cores  "
+          f"load {os.getloadavg()[0]:.1f}  tensorflow {tf.__version__}", flush=True)
+    result = {"date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "cpu": cpu_name(), "cores": os.cpu_count(),
+              "load_before": os.getloadavg()}
+    result["trained"] = accuracy_and_speed(args)
+    print(markdown(result["trained"]["rows"], accuracy=True), flush=True)
+    result["timing"] = []
+    for backbone in args.timing_backbones:
+        for size in args.timing_sizes:
+            h, w = (int(v) for v in size.split("x"))
+            result["timing"].append(timing_only(args, backbone, h, w))
+            print(markdown(result["timing"][-1]["rows"], accuracy=False), flush=True)
+    result["load_after"] = os.getloadavg()
+    write_json(os.path.join(args.out, "gated_speed.json"), result, sort_keys=False)
+    plot(os.path.join(args.out, "gated_speed.png"), result["trained"])
+    print(f"load average before {result['load_before'][0]:.1f}, after {result['load_after'][0]:.1f}; "
+          f"wrote {args.out}/gated_speed.json and gated_speed.png")
+
+
+if __name__ == "__main__":
+    main()
