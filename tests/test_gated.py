@@ -1,12 +1,16 @@
 """Gated inference (synergyseg/models/gated.py) against a numpy loop over tiles and the two-scale model."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras
 
+import evaluate
 import synergyseg
+from synergyseg.data import SYNTHETIC, decode_example, synthetic
 from synergyseg.models.gated import (
     GATE, GatedSynergySeg, gated_synergyseg, select_tiles, tile_scores, tiles_selected)
 from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
@@ -207,3 +211,34 @@ def test_tflite_at_a_fixed_size_matches_keras(model, tmp_path):
     runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner("serving_default")
     x = images(1, 80, 112, seed=9)
     np.testing.assert_allclose(runner(images=x.numpy())["probabilities"], np.asarray(gated(x)), atol=1e-5)
+
+
+def test_evaluate_scores_and_times_gated_settings(tmp_path):
+    synthetic.generate(str(tmp_path / "data"), num_train=0, num_val=3, height=48, width=72, seed=1,
+                       num_shards=1, workers=1, log=None)
+    keras.utils.set_random_seed(5)
+    two_scale = synergyseg.build_synergyseg(SYNTHETIC.num_classes, **tiny_kwargs())
+    two_scale.save(tmp_path / "model.keras")
+    pattern = str(tmp_path / "data" / "val-*.tfrecord")
+    results = evaluate.main([str(tmp_path / "model.keras"), "--data", pattern, "--dataset", "synthetic",
+                             "--gated", "0.5", "--gated-threshold", "0.05", "--no-ablation", "--figures", "0",
+                             "--speed-size", "48x72", "--speed-warmup", "1", "--speed-iterations", "1",
+                             "--no-progress", "--out", str(tmp_path / "eval")])
+    assert set(results["gated"]) == {"gated 0.5", "gated >0.05"}
+    assert [m["model"] for m in results["speed"]] == ["two-scale", "single-scale", "gated 0.5", "gated >0.05"]
+    # The table's mIoU equals one computed from the gated model's own predictions.
+    gated = gated_synergyseg(two_scale, fraction=0.5)
+    labels, predictions = [], []
+    for record in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern)):
+        image, label = decode_example(record)
+        predictions.append(np.asarray(gated(tf.cast(image, tf.float32)[None]))[0].argmax(-1).ravel())
+        labels.append(label.numpy().ravel().astype(np.int64))
+    labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+    keep = labels != 255
+    ious = [np.sum(keep & (labels == c) & (predictions == c)) / union
+            for c in range(SYNTHETIC.num_classes)
+            if (union := np.sum(keep & ((labels == c) | (predictions == c))))]
+    assert results["gated"]["gated 0.5"]["mean_iou"] == pytest.approx(float(np.mean(ious)), abs=1e-6)
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["gated"]["gated 0.5"]["mean_iou"] == pytest.approx(results["gated"]["gated 0.5"]["mean_iou"])
+    assert (tmp_path / "eval" / "gated.csv").exists()
