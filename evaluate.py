@@ -15,16 +15,7 @@ import argparse
 import sys
 
 from synergyseg.evaluation import ABLATION_FUSIONS, EvaluationOptions, evaluate_model
-
-
-def _size(text):
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 1024x2048, got {text!r}")
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return height, width
+from synergyseg.arguments import image_size
 
 
 def parse_args(argv=None):
@@ -57,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--no-speed", action="store_true", help="skip the FPS measurement")
     p.add_argument("--speed-only", action="store_true",
                    help="only time the model (no data needed; weights do not change the speed)")
-    p.add_argument("--speed-size", type=_size, default=defaults.speed_size, metavar="HxW",
+    p.add_argument("--speed-size", type=image_size, default=defaults.speed_size, metavar="HxW",
                    help="input size for timing (default: 1024x2048)")
     p.add_argument("--speed-batch-size", type=int, default=defaults.speed_batch_size)
     p.add_argument("--speed-warmup", type=int, default=defaults.speed_warmup)

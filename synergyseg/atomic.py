@@ -53,6 +53,9 @@ def write_text(path, text):
     return path
 
 
-def write_json(path, values):
-    """Writes `values` as indented, key-sorted JSON to `path` atomically; returns `path`."""
-    return write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
+def write_json(path, values, sort_keys=True):
+    """Writes `values` as indented JSON to `path` atomically; returns `path`.
+
+    NaN is not valid JSON, so it is refused: absent values must be None.
+    """
+    return write_text(path, json.dumps(values, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n")

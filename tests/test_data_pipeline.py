@@ -67,8 +67,8 @@ def test_scale_resizes_labels_with_nearest_neighbour():
     label = tf.constant(np.repeat(np.array([[3, 7], [255, 1]], np.int32), 8, axis=1))
     image = tf.zeros((2, 16, 3))
     for seed in range(4):
-        got_image, got_label = augment.random_scale(image, label, tf.constant([seed, 0]),
-                                                    (0.5, 2.0))
+        got_image, got_label = augment.random_scale_crop(image, label, tf.constant([seed, 0]),
+                                                         (2, 16), augment.SCALE_RANGE)
         assert got_image.shape[:2] == got_label.shape
         assert set(np.unique(got_label)) <= {1, 3, 7, 255}
 

@@ -12,20 +12,8 @@ from synergyseg.data.info import IGNORE_LABEL
 # ImageNet mean in RGB on the [0, 255] scale: padding with it gives zeros after the backbone's
 # mean subtraction, so padded borders carry no signal.
 MEAN_RGB = (123.675, 116.28, 103.53)
-
-
-def random_scale(image, label, seed, scale_range=(0.5, 2.0)):
-    """Resize by a factor drawn uniformly from `scale_range`: image bilinear, label nearest."""
-    low, high = scale_range
-    if not 0 < low <= high:
-        raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
-    scale = tf.random.stateless_uniform((), seed, low, high)
-    size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * scale), tf.int32)
-    size = tf.maximum(size, 1)
-    image = tf.image.resize(image, size, method="bilinear")
-    # Nearest neighbour keeps labels valid ids; bilinear would invent classes at boundaries.
-    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]
-    return image, label
+# Random scale factors of training crops (DeepLab's and mmsegmentation's Cityscapes range).
+SCALE_RANGE = (0.5, 2.0)
 
 
 def pad_to_size(image, label, size):
@@ -73,8 +61,8 @@ def photometric_jitter(image, seed):
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
-def random_scale_crop(image, label, seed, crop_size, scale_range=(0.5, 2.0)):
-    """`random_scale` then `random_crop`, computed only for the crop window.
+def random_scale_crop(image, label, seed, crop_size, scale_range=SCALE_RANGE):
+    """A random scale (image bilinear, label nearest) then `random_crop`, computed only for the crop window.
 
     Equivalent to resizing the whole image by the drawn factor, padding it to `crop_size` and
     cutting a random window, but it interpolates just the window (`crop_and_resize`), so a 2x
@@ -113,7 +101,7 @@ def random_scale_crop(image, label, seed, crop_size, scale_range=(0.5, 2.0)):
     return out, tf.cast(out_label, tf.int32)
 
 
-def augment(image, label, seed, *, crop_size, scale_range=(0.5, 2.0), flip=True, jitter=False):
+def augment(image, label, seed, *, crop_size, scale_range=SCALE_RANGE, flip=True, jitter=False):
     """The training augmentation: random scale, crop with padding, flip, optional jitter.
 
     Takes uint8 or float inputs; returns image float32 (crop_size + (3,)) and label int32.

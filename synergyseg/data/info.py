@@ -52,16 +52,23 @@ def colorize(label_map, colors, ignore_label=IGNORE_LABEL):
     return palette[np.asarray(label_map, np.int64).clip(0, 255)]
 
 
-def _lookup_table(mapping, size=256):
-    """A uint8 table of `size` entries: table[i] = mapping.get(i, 255)."""
-    table = np.full(size, IGNORE_LABEL, np.uint8)
-    for src, dst in mapping.items():
-        table[src] = dst
+def lookup_table(label_map):
+    """A 256-entry uint8 table from `label_map` (sequence or dict id -> id); unlisted ids -> 255.
+
+    255 always maps to 255: ignored pixels stay ignored whatever the map says.
+    """
+    table = np.full(256, IGNORE_LABEL, np.uint8)
+    items = label_map.items() if isinstance(label_map, dict) else enumerate(np.asarray(label_map))
+    for src, dst in items:
+        if not (0 <= int(src) < 256 and 0 <= int(dst) <= IGNORE_LABEL):
+            raise ValueError(f"label_map entry {int(src)} -> {int(dst)} is outside 0..255")
+        table[int(src)] = int(dst)
+    table[IGNORE_LABEL] = IGNORE_LABEL
     return table
 
 
 # 256 entries so any uint8 label can be looked up; ids 34..255 (not used by Cityscapes) -> 255.
-CITYSCAPES_ID_TO_TRAIN_ID = _lookup_table(_CITYSCAPES_TRAIN_IDS)
+CITYSCAPES_ID_TO_TRAIN_ID = lookup_table(_CITYSCAPES_TRAIN_IDS)
 # Train id -> official label id, for benchmark submissions (which expect label ids).
 CITYSCAPES_TRAIN_ID_TO_ID = np.array(
     [src for src, _ in sorted(_CITYSCAPES_TRAIN_IDS.items(), key=lambda kv: kv[1])], np.uint8)
@@ -111,7 +118,7 @@ def mapillary_id_table(config_path):
     """Mapillary label index -> train id: scored labels keep their order, `evaluate: false` -> 255."""
     labels = _read_mapillary_config(config_path)
     scored = [i for i, label in enumerate(labels) if label.get("evaluate", True)]
-    return _lookup_table({src: dst for dst, src in enumerate(scored)})
+    return lookup_table({src: dst for dst, src in enumerate(scored)})
 
 
 def mapillary_info(config_path):

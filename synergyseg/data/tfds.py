@@ -5,6 +5,7 @@ TFDS builds the dataset from the official `leftImg8bit_trainvaltest.zip` and
 they go through the same 34 -> 19 table and the same augmentation as our own shards.
 """
 
+from synergyseg.data.augment import SCALE_RANGE
 from synergyseg.data.info import CITYSCAPES_ID_TO_TRAIN_ID
 from synergyseg.data.pipeline import eval_batches, train_batches
 
@@ -21,8 +22,8 @@ def prepare_tfds_cityscapes(manual_dir, data_dir=None):
     return builder
 
 
-def tfds_cityscapes(split, batch_size, *, training=None, data_dir=None, crop_size=(512, 1024),
-                    scale_range=(0.5, 2.0), flip=True, jitter=False, seed=None,
+def tfds_cityscapes(split, batch_size, *, training=None, data_dir=None, crop_size=None,
+                    scale_range=SCALE_RANGE, flip=True, jitter=False, seed=None,
                     shuffle_buffer=64, resize_factor=None, limit=None):
     """Batches of `(image, label)` from an already prepared TFDS Cityscapes, with train ids.
 
@@ -49,6 +50,8 @@ def tfds_cityscapes(split, batch_size, *, training=None, data_dir=None, crop_siz
     ds = ds.map(lambda ex: (ex["image_left"], ex["segmentation_label"][..., 0]))
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if crop_size is None:
+            raise ValueError("tfds_cityscapes: training batches need crop_size=(height, width)")
         return train_batches(ds, batch_size, crop_size, scale_range=scale_range, flip=flip,
                              jitter=jitter, label_map=CITYSCAPES_ID_TO_TRAIN_ID, seed=seed)
     return eval_batches(ds, batch_size, resize_factor=resize_factor,

@@ -6,9 +6,9 @@ forward pass scores all of them; `tests/test_eval_ablation.py` checks that every
 predicts exactly what `synergyseg.with_fusion(model, name)` predicts.
 """
 
-from keras import ops
 
-from synergyseg.models.fusion import WEIGHTLESS_FUSIONS, make_fusion
+from synergyseg.models.fusion import WEIGHTLESS_FUSIONS, eq1, make_fusion, normalize_classes
+from synergyseg.models.names import S_HI, S_LO, UNCERTAINTY
 
 # The paper's comparison: each scale alone, the plain combinations, and eq. 1.
 ABLATION_FUSIONS = ("low", "high", "average", "max", "uncertainty")
@@ -42,12 +42,11 @@ class ScaleFusions:
 
     def __call__(self, outputs):
         """`{name: (B, H, W, C) fused probabilities}` from `{"s_lo", "s_hi", "uncertainty"}`."""
-        s_lo, s_hi = outputs["s_lo"], outputs["s_hi"]
+        s_lo, s_hi = outputs[S_LO], outputs[S_HI]
         fused = {}
         for name in self.names:
             if name == "uncertainty_confidence":
-                s = s_lo + s_hi * outputs["uncertainty"]
-                fused[name] = s / ops.sum(s, axis=-1, keepdims=True)
+                fused[name] = normalize_classes(eq1(s_lo, s_hi, outputs[UNCERTAINTY]))
             else:
                 fused[name] = self._layers[name]([s_lo, s_hi])
         return fused

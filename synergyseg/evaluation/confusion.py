@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-IGNORE_LABEL = 255
+from synergyseg.data.info import IGNORE_LABEL
 
 
 @tf.function(reduce_retracing=True)

@@ -23,7 +23,7 @@ from synergyseg.evaluation.ablation import ABLATION_FUSIONS
 from synergyseg.evaluation.cityscapes_results import CityscapesResultWriter
 from synergyseg.evaluation.evaluator import ExampleCollector, evaluate_batches, validation_batches
 from synergyseg.evaluation.loading import dataset_info, num_outputs, resolve_model, validation_pattern
-from synergyseg.atomic import write_text
+from synergyseg.atomic import write_json, write_text
 from synergyseg.run_folder import load_model
 from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
 from synergyseg.models.gated import DEFAULT_MARGIN, DEFAULT_TILE_SIZE, check_gating, gated_synergyseg
@@ -176,7 +176,7 @@ def evaluate_model(options, log=print):
     for name, text in files.items():
         write_text(os.path.join(out_dir, name), text)
     write_text(os.path.join(out_dir, "report.md"), markdown)
-    report.write_json(os.path.join(out_dir, "results.json"), results)
+    write_json(os.path.join(out_dir, "results.json"), results, sort_keys=False)
     log("\n" + markdown)
     log(f"Wrote {out_dir}")
     return results
@@ -191,7 +191,7 @@ def _speed_only(model_path, out_dir, options, log):
     markdown = f"## Speed\n\n{report.speed_markdown(measurements)}\n"
     write_text(os.path.join(out_dir, "speed.csv"), _speed_csv(measurements))
     write_text(os.path.join(out_dir, "report.md"), markdown)
-    report.write_json(os.path.join(out_dir, "results.json"), results)
+    write_json(os.path.join(out_dir, "results.json"), results, sort_keys=False)
     log("\n" + markdown)
     log(f"Wrote {out_dir}")
     return results

@@ -1,22 +1,12 @@
 """One pass over a validation set: confusion matrices for the model and every ablated fusion."""
 
-import glob
-import os
-
 import keras
 import tensorflow as tf
 
 from synergyseg.data import eval_dataset
+from synergyseg.data.pipeline import list_files
 from synergyseg.evaluation.confusion import ConfusionMatrix
 from synergyseg.evaluation.predictor import UNCERTAINTY_KEY
-
-
-def _files(file_pattern):
-    files = sorted(glob.glob(os.fspath(file_pattern))) if isinstance(file_pattern, (str, os.PathLike)) \
-        else [os.fspath(f) for f in file_pattern]
-    if not files:
-        raise FileNotFoundError(f"--data {file_pattern!r} matches no TFRecord files")
-    return files
 
 
 def _filenames(files, batch_size, limit):
@@ -35,7 +25,7 @@ def validation_batches(file_pattern, batch_size=1, *, resize_factor=None, label_
     File names name the Cityscapes result files; images keep the order of `file_pattern`'s sorted
     files. Labels stay at full size whatever `resize_factor` is.
     """
-    files = _files(file_pattern)
+    files = list_files(file_pattern)
     images_labels = eval_dataset(files, batch_size, resize_factor=resize_factor, label_map=label_map,
                                  limit=limit)
     return tf.data.Dataset.zip(images_labels, _filenames(files, batch_size, limit)).map(

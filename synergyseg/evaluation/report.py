@@ -7,10 +7,8 @@ tables. A class absent from both labels and predictions has no IoU: `null` in JS
 
 import csv
 import io
-import json
 import math
 
-from synergyseg.atomic import write_text
 
 ABSENT = "—"
 
@@ -88,10 +86,3 @@ def confusion_csv(matrix, class_names):
     for name, row in zip(class_names, matrix):
         writer.writerow([name] + [int(v) for v in row])
     return out.getvalue()
-
-
-
-
-def write_json(path, record):
-    """Writes `record` as indented JSON (NaN is not valid JSON: absent values must be None)."""
-    return write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")

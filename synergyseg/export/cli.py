@@ -14,14 +14,7 @@ import sys
 
 from synergyseg.export.artifacts import DEFAULT_CALIBRATION_IMAGES, FORMATS, export_model
 from synergyseg.export.tflite import QUANTIZATIONS
-
-
-def _size(text):
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 512x1024, got {text!r}")
-    return height, width
+from synergyseg.arguments import image_size
 
 
 def _choices(allowed):
@@ -43,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--formats", type=_choices(FORMATS), default=FORMATS,
                         help=f"comma-separated, default {','.join(FORMATS)}")
-    parser.add_argument("--tflite-size", type=_size,
+    parser.add_argument("--tflite-size", type=image_size,
                         help="TFLite input HEIGHTxWIDTH (any size from 32x32, odd too)")
     parser.add_argument("--quantizations", type=_choices(QUANTIZATIONS), default=QUANTIZATIONS,
                         help=f"TFLite variants, default {','.join(QUANTIZATIONS)}")

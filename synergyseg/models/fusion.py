@@ -24,6 +24,16 @@ def _check_pair(input_shape, layer_name):
         )
 
 
+def normalize_classes(s):
+    """`s` divided by its sum over classes (the last axis): a distribution with the same argmax."""
+    return s / ops.sum(s, axis=-1, keepdims=True)
+
+
+def eq1(up_lo, s_hi, mask):
+    """Eq. 1 on the upsampled low scale: `U(S_lo) + S_hi * mask`, mask `U(1 - S_lo)` or `U(1 - max_c S_lo)`."""
+    return up_lo + s_hi * mask
+
+
 class _Fusion(keras.layers.Layer):
     """Shared plumbing: shape checks, U(s_lo), optional renormalization over classes."""
 
@@ -40,9 +50,7 @@ class _Fusion(keras.layers.Layer):
         return resize_bilinear(s_lo, spatial_size(s_hi))
 
     def finish(self, s):
-        if self.normalize:
-            s = s / ops.sum(s, axis=-1, keepdims=True)
-        return s
+        return normalize_classes(s) if self.normalize else s
 
     def compute_output_shape(self, input_shape):
         return input_shape[1]
@@ -90,7 +98,7 @@ class UncertaintyFusion(_Fusion):
             mask = 1.0 - up_lo
         else:
             mask = self.upsample(1.0 - ops.max(s_lo, axis=-1, keepdims=True), s_hi)
-        return self.finish(up_lo + s_hi * mask)
+        return self.finish(eq1(up_lo, s_hi, mask))
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}

@@ -117,6 +117,12 @@ class SynergySeg(keras.Model):
             **kwargs,
         )
 
+    def compile_from_config(self, config):
+        """Restores a saved compile (optimizer state included) as saved, not with the "auto" defaults."""
+        keras.Model.compile(self, **keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_config(self):
         return {
             "name": self.name,

@@ -1,12 +1,11 @@
 """Training curves: a PNG of loss, mean IoU and learning rate per epoch from a CSVLogger file."""
 
 import csv
-import os
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # Runs headless on servers; never opens a window.
-import matplotlib.pyplot as plt  # noqa: E402
+from synergyseg.atomic import atomic_output
 
 
 def read_history(history_csv):
@@ -28,7 +27,10 @@ def plot_training_curves(history_csv, png_path):
     epochs = [int(e) + 1 for e in history.get("epoch", range(len(next(iter(history.values())))))]
     panels = [("loss", ["loss", "val_loss"]), ("mean IoU", ["mean_iou", "val_mean_iou"]),
               ("learning rate", ["learning_rate"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    # A Figure on the Agg canvas, not pyplot: no global backend, nothing opens a window.
+    fig = Figure(figsize=(4 * len(panels), 3.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels))
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             if key in history:
@@ -39,7 +41,5 @@ def plot_training_curves(history_csv, png_path):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    with atomic_output(png_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")

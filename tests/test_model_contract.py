@@ -1,0 +1,130 @@
+"""The model contract: a SynergySeg says what it is, loads in a fresh process after `import synergyseg`,
+old `.keras` files keep loading, and `compile()` with no arguments is the paper's recipe."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import synergyseg
+from synergyseg import run_folder
+from synergyseg.models import fusion, names, resnet
+from synergyseg.training.config import RunConfig, preset
+from synergyseg.training.run import build_model, make_optimizer
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+# Width 16: width 8 trips a oneDNN crash in training (README, known issues).
+TINY = dict(backbone="resnet18", backbone_width=16, head_filters=16, low_level_filters=8)
+
+
+def test_name_tuples_are_what_the_modules_implement():
+    assert set(resnet.RESNETS) <= set(names.BACKBONES)
+    for name in names.FUSIONS:
+        layer = fusion.make_fusion(name)
+        layer.build([(1, 4, 6, 3), (1, 8, 12, 3)])
+        assert fusion.fusion_name(layer) == name
+        assert (name in names.WEIGHTLESS_FUSIONS) == (not layer.weights), name
+
+
+@pytest.mark.parametrize("field, value", [("fusion", "uncertainy"), ("backbone", "resnet19"),
+                                          ("output_stride", 32)])
+def test_run_config_refuses_unknown_names_before_anything_runs(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r}: expected one of"):
+        preset("synthetic", **{field: value})
+
+
+def test_config_carries_backbone_fusion_and_class_names():
+    model = synergyseg.build_synergyseg(5, fusion="max", class_names=list("abcde"),
+                                        palette=[(i, 2 * i, 3 * i) for i in range(5)], **TINY)
+    assert (model.backbone, model.fusion_name, model.num_classes) == ("resnet18", "max", 5)
+    rebuilt = synergyseg.SynergySeg.from_config(json.loads(json.dumps(model.get_config())))
+    assert (rebuilt.backbone, rebuilt.fusion_name, rebuilt.class_names) == ("resnet18", "max", list("abcde"))
+    assert rebuilt.palette[4] == [4, 8, 12]
+    assert rebuilt.count_params() == model.count_params()
+    with pytest.raises(ValueError, match="3 class_names for a model of 5 classes"):
+        synergyseg.SynergySeg(model.submodel, class_names=["a", "b", "c"])
+
+
+def test_with_fusion_shares_weights_and_keeps_class_names():
+    model = synergyseg.build_synergyseg(4, class_names=list("wxyz"), **TINY)
+    other = model.with_fusion("average", scale_outputs=True)
+    assert other.submodel is model.submodel
+    assert other.class_names == list("wxyz") and other.fusion_name == "average"
+    x = np.random.default_rng(0).uniform(0, 255, (1, 24, 40, 3)).astype("float32")
+    out = other.predict(x, verbose=0)
+    np.testing.assert_allclose(out[names.FUSED], (out[names.S_LO] + out[names.S_HI]) / 2, atol=1e-6)
+
+
+def test_legacy_file_from_build_synergyseg_still_loads():
+    """tests/data/legacy_synergyseg.keras was saved by build_synergyseg before the SynergySeg class
+    (commit fd2976c); its outputs were saved beside it by that code."""
+    path = os.path.join(DATA, "legacy_synergyseg.keras")
+    x = np.load(os.path.join(DATA, "legacy_synergyseg_input.npy"))
+    expected = np.load(os.path.join(DATA, "legacy_synergyseg_output.npy"))
+    plain = keras.models.load_model(path, safe_mode=True)
+    assert not isinstance(plain, synergyseg.SynergySeg)
+    model = run_folder.load_synergyseg_model(path)
+    assert isinstance(model, synergyseg.SynergySeg)
+    assert (model.fusion_name, model.num_classes, model.name) == ("uncertainty", 5, "legacy")
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+    # Rebuilt around the file's own layers: it shares the loaded weights, nothing is copied.
+    nested = [layer for layer in plain.layers if isinstance(layer, keras.Model)]
+    assert synergyseg.as_synergyseg(plain).submodel is nested[0]
+
+
+def test_compile_without_arguments_is_the_papers_recipe():
+    model = synergyseg.build_synergyseg(3, **TINY)
+    with pytest.raises(ValueError, match="needs decay_steps"):
+        model.compile()
+    model.compile(decay_steps=100)
+    opt = model.optimizer
+    assert isinstance(opt, keras.optimizers.SGD)
+    assert (opt.momentum, opt.weight_decay) == (0.9, 5e-4)
+    schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
+    lr = [float(schedule(step)) for step in (0, 50, 100)]
+    np.testing.assert_allclose(lr, [0.01, 0.01 * 0.5 ** 0.9, 0.0], rtol=1e-5)
+    # Loss ignores 255: a batch whose labels are all 255 but one pixel has that pixel's loss.
+    x = np.random.default_rng(1).uniform(0, 255, (1, 16, 16, 3)).astype("float32")
+    y = np.full((1, 16, 16), 255, np.int32)
+    y[0, 3, 4] = 2
+    probs = model.predict(x, verbose=0)
+    assert float(model.loss(y, probs)) == pytest.approx(-np.log(probs[0, 3, 4, 2]), rel=1e-5)
+    # The three lines of the README: compile(), fit on a tf.data pipeline.
+    ds = tf.data.Dataset.from_tensor_slices((np.repeat(x, 4, 0), np.zeros((4, 16, 16), np.int32))).batch(2)
+    history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    assert set(history.history) == {"loss", "mean_iou"}
+
+
+def test_trained_run_loads_in_a_fresh_process_after_import_synergyseg(tmp_path):
+    """What best.keras / final.keras hold: the model with its optimizer and warm-up poly schedule."""
+    config = RunConfig(num_classes=10, **TINY, warmup_steps=2)
+    model = build_model(config)
+    model.compile(optimizer=make_optimizer(config, total_steps=10), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(2).uniform(0, 255, (1, 32, 48, 3)).astype("float32")
+    model.fit(x, np.zeros((1, 32, 48), np.int32), epochs=1, verbose=0)
+    path = str(tmp_path / "best.keras")
+    model.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", model.predict(x, verbose=0))
+    script = (
+        "import json, sys, keras, numpy as np, synergyseg\n"
+        f"m = keras.models.load_model({path!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        f"np.save({str(tmp_path / 'got.npy')!r}, m.predict(x, verbose=0))\n"
+        "print(json.dumps([type(m).__name__, m.backbone, m.fusion_name, m.class_names,"
+        " type(m.optimizer.learning_rate).__name__ if not hasattr(m.optimizer, '_learning_rate')"
+        " else type(m.optimizer._learning_rate).__name__]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kind, backbone, fusion_used, class_names, schedule = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (kind, backbone, fusion_used, schedule) == ("SynergySeg", "resnet18", "uncertainty",
+                                                      "WarmupPolynomialDecay")
+    assert class_names[:3] == ["road", "sidewalk", "building"] and len(class_names) == 10
+    np.testing.assert_allclose(np.load(tmp_path / "got.npy"), np.load(tmp_path / "expected.npy"), atol=1e-6)
