@@ -79,8 +79,6 @@ def test_legacy_file_from_build_synergyseg_still_loads():
 
 def test_compile_without_arguments_is_the_papers_recipe():
     model = synergyseg.build_synergyseg(3, **TINY)
-    with pytest.raises(ValueError, match="needs decay_steps"):
-        model.compile()
     model.compile(decay_steps=100)
     opt = model.optimizer
     assert isinstance(opt, keras.optimizers.SGD)
@@ -94,10 +92,18 @@ def test_compile_without_arguments_is_the_papers_recipe():
     y[0, 3, 4] = 2
     probs = model.predict(x, verbose=0)
     assert float(model.loss(y, probs)) == pytest.approx(-np.log(probs[0, 3, 4, 2]), rel=1e-5)
-    # The three lines of the README: compile(), fit on a tf.data pipeline.
+    # The README's lines: compile() with no arguments, fit on a tf.data pipeline; the first fit
+    # sets the decay's length (3 epochs x 2 batches), so the rate reaches 0 at its last step.
+    model.compile()
     ds = tf.data.Dataset.from_tensor_slices((np.repeat(x, 4, 0), np.zeros((4, 16, 16), np.int32))).batch(2)
-    history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    history = model.fit(ds, epochs=3, verbose=0, shuffle=False)
     assert set(history.history) == {"loss", "mean_iou"}
+    assert int(model.optimizer.iterations) == 6
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    unknown = ds.filter(lambda image, label: True)
+    model.compile()
+    with pytest.raises(ValueError, match="pass steps_per_epoch= to fit"):
+        model.fit(unknown, epochs=1, verbose=0)
 
 
 def test_trained_run_loads_in_a_fresh_process_after_import_synergyseg(tmp_path):

@@ -67,13 +67,15 @@ def compile_arguments(num_classes, aux_loss_weight=0.0, dict_outputs=None):
     }
 
 
-def paper_compile_arguments(num_classes, decay_steps, dict_outputs=False, need_optimizer=True):
-    """`optimizer`, `loss` and `metrics` of the paper's recipe (see `SynergySeg.compile`)."""
-    if need_optimizer and not decay_steps:
-        raise ValueError(
-            "compile() with the paper's optimizer needs decay_steps (epochs x steps per epoch), "
-            "the length of the polynomial decay; or pass optimizer=")
+def paper_compile_arguments(num_classes, decay_steps=None, dict_outputs=False):
+    """`(compile arguments, schedule)`: `optimizer`, `loss` and `metrics` of the paper's recipe (see
+    `SynergySeg.compile`), and the optimizer's learning-rate schedule.
+
+    With `decay_steps=None` the schedule's length is a placeholder that `SynergySeg.fit` sets
+    (`schedule.set_decay_steps`) from its epochs and steps before the first step.
+    """
     arguments = compile_arguments(num_classes, dict_outputs=dict_outputs)
     arguments.pop("loss_weights", None)
-    arguments["optimizer"] = make_optimizer(decay_steps) if need_optimizer else None
-    return arguments
+    schedule = WarmupPolynomialDecay(LEARNING_RATE, decay_steps or 1, power=POLY_POWER)
+    arguments["optimizer"] = keras.optimizers.SGD(schedule, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    return arguments, schedule

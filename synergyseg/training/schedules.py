@@ -27,19 +27,23 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, learning_rate, decay_steps, end_learning_rate=0.0, power=0.9,
                  warmup_steps=0, warmup_start=0.1, name="warmup_polynomial_decay"):
-        if decay_steps < 1:
-            raise ValueError(f"decay_steps={decay_steps}: expected >= 1")
-        if not 0 <= warmup_steps <= decay_steps:
-            raise ValueError(f"warmup_steps={warmup_steps}: expected 0..decay_steps ({decay_steps})")
         self.learning_rate = learning_rate
-        self.decay_steps = decay_steps
         self.end_learning_rate = end_learning_rate
         self.power = power
         self.warmup_steps = warmup_steps
         self.warmup_start = warmup_start
         self.name = name
+        self.set_decay_steps(decay_steps)
+
+    def set_decay_steps(self, decay_steps):
+        """Sets the run's length; only before the first training step (the rate is traced then)."""
+        if decay_steps < 1:
+            raise ValueError(f"decay_steps={decay_steps}: expected >= 1")
+        if not 0 <= self.warmup_steps <= decay_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps}: expected 0..decay_steps ({decay_steps})")
+        self.decay_steps = decay_steps
         self.decay = keras.optimizers.schedules.PolynomialDecay(
-            learning_rate, decay_steps, end_learning_rate=end_learning_rate, power=power)
+            self.learning_rate, decay_steps, end_learning_rate=self.end_learning_rate, power=self.power)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
