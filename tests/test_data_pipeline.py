@@ -44,9 +44,9 @@ def test_pad_fills_image_with_mean_and_label_with_ignore():
     got_image, got_label = got_image.numpy(), got_label.numpy()
     assert got_image.shape == (8, 10, 3) and got_label.shape == (8, 10)
     np.testing.assert_array_equal(got_image[:4, :6], 7.0)  # smaller than the crop: offset 0
-    np.testing.assert_allclose(got_image[4:, :], np.broadcast_to(data.MEAN_RGB, (4, 10, 3)),
+    np.testing.assert_allclose(got_image[4:, :], np.broadcast_to(data.IMAGENET_MEAN_RGB, (4, 10, 3)),
                                rtol=1e-6)
-    np.testing.assert_allclose(got_image[:, 6:], np.broadcast_to(data.MEAN_RGB, (8, 4, 3)),
+    np.testing.assert_allclose(got_image[:, 6:], np.broadcast_to(data.IMAGENET_MEAN_RGB, (8, 4, 3)),
                                rtol=1e-6)
     assert (got_label[:4, :6] == 0).all() and (got_label[4:] == 255).all()
     assert (got_label[:, 6:] == 255).all()
@@ -174,5 +174,30 @@ def test_scale_crop_pads_outside_the_scaled_image():
     # The 4x5 scaled image sits at the top left; everything else is padding.
     np.testing.assert_allclose(got_image[:4, :5], 9.0)
     assert (got_label[:4, :5] == 3).all()
-    np.testing.assert_allclose(got_image[4:], np.broadcast_to(data.MEAN_RGB, (8, 12, 3)))
+    np.testing.assert_allclose(got_image[4:], np.broadcast_to(data.IMAGENET_MEAN_RGB, (8, 12, 3)))
     assert (got_label[4:] == 255).all() and (got_label[:, 5:] == 255).all()
+
+
+def test_train_epochs_depend_on_the_epoch_alone_so_a_resume_sees_the_same_batches(shards):
+    def images(initial_epoch):
+        ds = data.pipeline.train_epochs(shards, 2, (8, 8), steps_per_epoch=3, epochs=3,
+                                        initial_epoch=initial_epoch, seed=5, scale_range=None)
+        return [image.numpy() for image, _ in ds]
+
+    full, resumed = images(0), images(2)
+    assert len(full) == 9 and len(resumed) == 3
+    for a, b in zip(full[6:], resumed):  # epoch 3 of the uninterrupted run == the resumed one's
+        np.testing.assert_array_equal(a, b)
+    # Each epoch draws its own batches (not a replay of epoch 1's).
+    assert not all(np.array_equal(a, b) for a, b in zip(full[:3], full[3:6]))
+
+
+def test_a_corrupt_shard_is_named_when_tf_data_fails(shards, tmp_path):
+    bad = tmp_path / "train-00001-of-00002.tfrecord"
+    good = open(shards[0], "rb").read()
+    bad.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk or a cut-off copy
+    files = [shards[0], str(bad)]
+    with pytest.raises(ValueError, match=r"train-00001-of-00002.tfrecord: record \d+ .*unreadable"):
+        with data.pipeline.naming_bad_records(files):
+            for _ in data.eval_dataset(files):
+                pass

@@ -7,21 +7,20 @@ tf.distribute.
 
 import tensorflow as tf
 
-from synergyseg.data.info import IGNORE_LABEL
+# Padding with the ImageNet mean gives zeros after the model's mean subtraction, so padded
+# borders carry no signal.
+from synergyseg.data.info import IGNORE_LABEL, IMAGENET_MEAN_RGB
 
-# ImageNet mean in RGB on the [0, 255] scale: padding with it gives zeros after the backbone's
-# mean subtraction, so padded borders carry no signal.
-MEAN_RGB = (123.675, 116.28, 103.53)
 # Random scale factors of training crops (DeepLab's and mmsegmentation's Cityscapes range).
 SCALE_RANGE = (0.5, 2.0)
 
 
 def pad_to_size(image, label, size):
-    """Pad bottom/right to at least `size` (h, w): image with MEAN_RGB, label with 255."""
+    """Pad bottom/right to at least `size` (h, w): image with IMAGENET_MEAN_RGB, label with 255."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     pad_h, pad_w = tf.maximum(size[0] - h, 0), tf.maximum(size[1] - w, 0)
     paddings = [[0, pad_h], [0, pad_w]]
-    mean = tf.constant(MEAN_RGB, tf.float32)
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
     image = tf.pad(image - mean, paddings + [[0, 0]]) + mean
     label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
     return image, label
@@ -67,7 +66,7 @@ def random_scale_crop(image, label, seed, crop_size, scale_range=SCALE_RANGE):
     Equivalent to resizing the whole image by the drawn factor, padding it to `crop_size` and
     cutting a random window, but it interpolates just the window (`crop_and_resize`), so a 2x
     scale of a 1024x2048 image costs no more than the crop itself. Samples that fall outside
-    the image (the padding, and a sub-pixel band at the border when upscaling) get MEAN_RGB and
+    the image (the padding, and a sub-pixel band at the border when upscaling) get IMAGENET_MEAN_RGB and
     255. `image` may be uint8 or float; `label` any integer type. Returns float32 and int32.
     """
     low, high = scale_range
@@ -93,7 +92,7 @@ def random_scale_crop(image, label, seed, crop_size, scale_range=SCALE_RANGE):
     # Source values are >= 0, so -1 marks samples outside the image; they become the mean.
     out = tf.image.crop_and_resize(image[None], box, [0], crop_size, method="bilinear",
                                    extrapolation_value=-1.0)[0]
-    out = tf.where(out < 0.0, tf.constant(MEAN_RGB, tf.float32), out)
+    out = tf.where(out < 0.0, tf.constant(IMAGENET_MEAN_RGB, tf.float32), out)
     out_label = tf.image.crop_and_resize(
         tf.cast(label, tf.float32)[None, :, :, None], box, [0], crop_size, method="nearest",
         extrapolation_value=float(IGNORE_LABEL))[0, :, :, 0]

@@ -7,6 +7,9 @@ import os
 import numpy as np
 
 IGNORE_LABEL = 255
+# ImageNet's per-channel mean in RGB order, as keras.applications.resnet50.preprocess_input
+# ("caffe" mode) subtracts it: the model's input normalization and the training crops' padding.
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
 
 @dataclasses.dataclass(frozen=True)

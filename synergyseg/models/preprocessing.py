@@ -3,9 +3,10 @@
 import keras
 from keras import ops
 
-# Per-channel means of ImageNet in BGR order, as in keras.applications.resnet50.preprocess_input
-# ("caffe" mode): the normalization the standard ResNet-50 ImageNet weights were trained with.
-IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+from synergyseg.data.info import IMAGENET_MEAN_RGB
+
+# The normalization the standard ResNet-50 ImageNet weights were trained with: BGR, mean subtracted.
+IMAGENET_BGR_MEAN = IMAGENET_MEAN_RGB[::-1]
 
 
 @keras.saving.register_keras_serializable(package="synergyseg")
