@@ -61,11 +61,6 @@ class ConfusionMatrix:
         self.matrix += counts.numpy().astype(np.int64)
         self.images += int(labels.shape[0]) if len(labels.shape) == 3 else 1
 
-    def merge(self, other):
-        """Adds another matrix's counts (e.g. from another worker)."""
-        self.matrix += other.matrix
-        self.images += other.images
-
     def scores(self):
         """The `Scores` (IoU per class, mIoU, pixel accuracy) of the counts so far."""
         return scores_from_confusion(self.matrix)

@@ -7,7 +7,9 @@ from synergyseg.models.synergy import as_synergyseg
 from synergyseg.models.names import FUSED, UNCERTAINTY
 
 # Output names of every exported artifact (SavedModel signature, TFLite signature, ONNX outputs).
-SERVING_OUTPUTS = ("class_map", "probabilities", "uncertainty")
+# The exported model's outputs, by name, in every format.
+CLASS_MAP, PROBABILITIES = "class_map", "probabilities"
+SERVING_OUTPUTS = (CLASS_MAP, PROBABILITIES, UNCERTAINTY)
 
 
 @keras.saving.register_keras_serializable(package="synergyseg")
@@ -73,10 +75,10 @@ def build_serving_model(model):
     images = keras.Input((None, None, 3), dtype="uint8", name="images")
     outputs = scales(ImagesToFloat(name="images_to_float")(images))
     # Identity layers give each output a stable name in every format.
-    probabilities = keras.layers.Identity(name="probabilities")(outputs[FUSED])
+    probabilities = keras.layers.Identity(name=PROBABILITIES)(outputs[FUSED])
     serving_outputs = {
-        "class_map": ClassMap(name="class_map")(probabilities),
-        "probabilities": probabilities,
-        "uncertainty": keras.layers.Identity(name="uncertainty")(outputs[UNCERTAINTY]),
+        CLASS_MAP: ClassMap(name=CLASS_MAP)(probabilities),
+        PROBABILITIES: probabilities,
+        UNCERTAINTY: keras.layers.Identity(name=UNCERTAINTY)(outputs[UNCERTAINTY]),
     }
     return keras.Model(images, serving_outputs, name=f"{model.name}_serving")
