@@ -38,6 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--resize-factor", type=float,
                         help="run the model on pictures resized by this factor; results at full size")
     parser.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
+    parser.add_argument("--gated", type=float, metavar="FRACTION",
+                        help="Keras models: the full-resolution pass only on this share of tiles, "
+                             "where the low scale is least sure (e.g. 0.25)")
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                         help="XLA for .keras models (default: on where a GPU is visible)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -52,7 +55,7 @@ def main(argv=None):
         overwrite=args.overwrite, resize_factor=args.resize_factor, flip=args.flip,
         progress=not args.no_progress)
     try:
-        segmenter = Segmenter(args.model, jit_compile=args.xla)
+        segmenter = Segmenter(args.model, jit_compile=args.xla, gated=args.gated)
         print(f"Model: {segmenter.source} ({segmenter.form}, {segmenter.num_classes} classes"
               f"{', with uncertainty' if segmenter.two_scale else ''})")
         summary = predict_files(segmenter, args.inputs, args.out, options)

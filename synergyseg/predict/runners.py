@@ -30,14 +30,24 @@ class KerasRunner:
 
     The function is `evaluation.Predictor`'s: the model with its scale outputs on float32 images,
     so its probabilities are the ones evaluate.py scores. `jit_compile=None` uses XLA only where a
-    GPU is visible (on a CPU it compiles slower than it runs for one picture).
+    GPU is visible (on a CPU it compiles slower than it runs for one picture). `gated`: a share
+    of tiles in [0, 1] for `models.gated` (the high scale only where the low scale is unsure).
     """
 
-    def __init__(self, model, jit_compile=None):
+    def __init__(self, model, jit_compile=None, gated=None):
         if jit_compile is None:
-            jit_compile = bool(tf.config.list_physical_devices("GPU"))
+            # Not with gating: its number of selected tiles is data-dependent, XLA wants fixed shapes.
+            jit_compile = gated is None and bool(tf.config.list_physical_devices("GPU"))
         self.two_scale = isinstance(model, SynergySeg)
-        self.model = model.with_fusion(scale_outputs=True) if self.two_scale else model
+        if gated is not None:
+            if not self.two_scale:
+                raise ValueError(f"gated inference needs a two-scale SynergySeg; {model.name!r} is not one")
+            from synergyseg.models.gated import gated_synergyseg
+
+            # The high scale only on the `gated` share of tiles where the low scale is least sure.
+            self.model = gated_synergyseg(model, fraction=gated, scale_outputs=True)
+        else:
+            self.model = model.with_fusion(scale_outputs=True) if self.two_scale else model
         self.num_classes = int(model.num_classes if self.two_scale else model.output_shape[-1])
         self.input_size = None
         self.jit_compile = bool(jit_compile)

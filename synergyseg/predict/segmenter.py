@@ -87,25 +87,31 @@ class Segmenter:
         model: a path as above, or a loaded Keras model (SynergySeg or single-scale).
         jit_compile: XLA for a Keras model; None (default) uses it only where a GPU is visible.
         num_threads: TFLite interpreter threads (default: all cores).
+        gated: for a two-scale Keras model, run the full-resolution pass only on this share of
+            tiles (in [0, 1]), those where the low scale is least sure (`models.gated`); None runs
+            the whole image at both scales.
 
     Example:
         >>> segmenter = Segmenter("export/synthetic/model_float32.tflite")
         >>> segmenter.predict(np.zeros((256, 512, 3), np.uint8)).class_map.shape   # (256, 512)
     """
 
-    def __init__(self, model, *, jit_compile=None, num_threads=None):
+    def __init__(self, model, *, jit_compile=None, num_threads=None, gated=None):
         names = palette = None
         if isinstance(model, keras.Model):
             self.source, self.form = model.name, "keras"
-            self.runner = KerasRunner(model, jit_compile)
+            self.runner = KerasRunner(model, jit_compile, gated)
             names, palette = class_info(model)
         else:
             self.form, self.source = _resolve(model)
             if self.form == "keras":
                 loaded = load_model(self.source)
-                self.runner = KerasRunner(loaded, jit_compile)
+                self.runner = KerasRunner(loaded, jit_compile, gated)
                 names, palette = class_info(loaded, self.source)
             else:
+                if gated is not None:
+                    raise ValueError(f"gated inference needs the Keras model; {self.source!r} is an "
+                                     f"exported {self.form} (export holds the full two-scale graph)")
                 self.runner = (SavedModelRunner(self.source) if self.form == "saved_model"
                                else TFLiteRunner(self.source, num_threads))
                 names, palette = self._export_classes()
