@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from synergyseg.export.saved_model import SIGNATURE_KEY
+from synergyseg.export.serving import PROBABILITIES
 from synergyseg.models.names import FUSED, UNCERTAINTY
 from synergyseg.models.synergy import SynergySeg
 
@@ -78,17 +79,17 @@ class SavedModelRunner:
                              f"(signature {SIGNATURE_KEY!r}): {e}") from e
         self._loaded = loaded  # keeps the variables alive
         outputs = self._serve.structured_outputs
-        if "probabilities" not in outputs:
-            raise ValueError(f"SavedModel {self.path!r} has no 'probabilities' output; "
+        if PROBABILITIES not in outputs:
+            raise ValueError(f"SavedModel {self.path!r} has no {PROBABILITIES!r} output; "
                              "export it with synergyseg.export")
-        self.num_classes = int(outputs["probabilities"].shape[-1])
-        self.two_scale = "uncertainty" in outputs
+        self.num_classes = int(outputs[PROBABILITIES].shape[-1])
+        self.two_scale = UNCERTAINTY in outputs
         self.input_size = None
 
     def __call__(self, images):
         outputs = self._serve(images=tf.constant(_to_uint8(images)))
-        uncertainty = outputs["uncertainty"].numpy()[..., 0] if self.two_scale else None
-        return outputs["probabilities"].numpy(), uncertainty
+        uncertainty = outputs[UNCERTAINTY].numpy()[..., 0] if self.two_scale else None
+        return outputs[PROBABILITIES].numpy(), uncertainty
 
 
 class TFLiteRunner:
@@ -107,20 +108,20 @@ class TFLiteRunner:
         except Exception as e:  # the interpreter raises ValueError/RuntimeError for foreign files
             raise ValueError(f"Cannot load {self.path!r} as a synergyseg TFLite model "
                              f"(signature {SIGNATURE_KEY!r}): {e}") from e
-        if "images" not in inputs or "probabilities" not in outputs:
+        if "images" not in inputs or PROBABILITIES not in outputs:
             raise ValueError(f"TFLite file {self.path!r} is not a synergyseg export: its signature "
                              f"takes {sorted(inputs)} and returns {sorted(outputs)}")
         _, height, width, _ = (int(v) for v in inputs["images"]["shape"])
         self.input_size = (height, width)
-        self.num_classes = int(outputs["probabilities"]["shape"][-1])
-        self.two_scale = "uncertainty" in outputs
+        self.num_classes = int(outputs[PROBABILITIES]["shape"][-1])
+        self.two_scale = UNCERTAINTY in outputs
 
     def __call__(self, images):
         probabilities, uncertainty = [], []
         for image in _to_uint8(images):
             out = self._runner(images=image[None])
-            probabilities.append(np.asarray(out["probabilities"], np.float32))
+            probabilities.append(np.asarray(out[PROBABILITIES], np.float32))
             if self.two_scale:
-                uncertainty.append(np.asarray(out["uncertainty"], np.float32)[..., 0])
+                uncertainty.append(np.asarray(out[UNCERTAINTY], np.float32)[..., 0])
         return (np.concatenate(probabilities),
                 np.concatenate(uncertainty) if self.two_scale else None)
