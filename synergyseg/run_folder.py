@@ -1,6 +1,19 @@
-"""Finding and loading the trained model in a `.keras` file or a train.py run folder (for evaluate and export)."""
+"""The run folder train.py writes, and the model in it or in a `.keras` file: one module for both.
 
-import json
+    RUN/config.json          the RunConfig (written once the run is checked)
+    RUN/best.keras           the best epoch by validation mIoU (the model a run folder serves)
+    RUN/final.keras          the last epoch's model
+    RUN/history.csv          one row per epoch
+    RUN/metrics.json         validation scores of final.keras
+    RUN/training_curves.png  loss, mIoU and learning rate per epoch
+    RUN/backup/              the resume state while the run is unfinished
+    RUN/tensorboard/         TensorBoard logs
+    RUN/evaluation/          evaluate.py's tables and figures
+
+train.py, evaluate.py, export and predict find these paths and read the config here only.
+"""
+
+import dataclasses
 import os
 
 import keras
@@ -8,10 +21,52 @@ import keras
 from synergyseg.data.info import info_for
 from synergyseg.models.names import FUSED
 from synergyseg.models.synergy import as_synergyseg
+from synergyseg.training.config import RunConfig
 
-# train.py's run folder: the best checkpoint by validation mIoU, else the last epoch's.
+# The best checkpoint by validation mIoU, else the last epoch's.
 RUN_CHECKPOINTS = ("best.keras", "final.keras")
 RUN_CONFIG = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run folder, and its config.
+
+    Example:
+        >>> run = RunFolder("runs/synthetic")
+        >>> run.config().val_files, run.checkpoint()
+    """
+
+    path: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", os.fspath(self.path))
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    config_json = property(lambda self: self.file(RUN_CONFIG))
+    best = property(lambda self: self.file(RUN_CHECKPOINTS[0]))
+    final = property(lambda self: self.file(RUN_CHECKPOINTS[1]))
+    history = property(lambda self: self.file("history.csv"))
+    metrics = property(lambda self: self.file("metrics.json"))
+    curves = property(lambda self: self.file("training_curves.png"))
+    backup = property(lambda self: self.file("backup"))
+    tensorboard = property(lambda self: self.file("tensorboard"))
+    evaluation = property(lambda self: self.file("evaluation"))
+
+    @classmethod
+    def of_model(cls, model_path):
+        """The run folder a `.keras` file sits in (its config may be absent)."""
+        return cls(os.path.dirname(os.path.abspath(os.fspath(model_path))))
+
+    def config(self):
+        """The run's `RunConfig`, or None when the folder has no config.json (a bare model file)."""
+        return RunConfig.from_json(self.config_json) if os.path.isfile(self.config_json) else None
+
+    def checkpoint(self):
+        """The model a run folder serves: best.keras, else final.keras."""
+        return resolve_model_path(self.path)
 
 
 def resolve_model_path(path):
@@ -78,17 +133,16 @@ def class_info(model, path=None):
         return list(names), [list(c) for c in palette]
     if path is None:
         return None, None
-    config_path = os.path.join(os.path.dirname(os.path.abspath(resolve_model_path(path))), RUN_CONFIG)
-    if not os.path.isfile(config_path):
+    run = RunFolder.of_model(resolve_model_path(path))
+    config = run.config()
+    if config is None:
         return None, None
     try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        info = info_for(config.get("dataset"), config.get("mapillary_config"))
+        info = info_for(config.dataset, config.mapillary_config)
     except FileNotFoundError:  # a Mapillary run whose config.json stayed on the training machine
         return None, None
-    except (OSError, ValueError, AttributeError) as e:
-        raise ValueError(f"{config_path}: cannot tell the run's classes ({e})") from e
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{run.config_json}: cannot tell the run's classes ({e})") from e
     shape = model.output_shape
     if info.num_classes != int((shape[FUSED] if isinstance(shape, dict) else shape)[-1]):
         return None, None

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import evaluate
 import synergyseg
+from synergyseg.training.config import RunConfig
 import synergyseg.run_folder
 from synergyseg.data import SYNTHETIC, decode_example, synthetic
 from synergyseg.evaluation import ABLATION_FUSIONS, figures
@@ -25,9 +26,8 @@ def run_dir(tmp_path_factory):
     model = synergyseg.build_synergyseg(SYNTHETIC.num_classes, backbone="resnet18", backbone_width=8,
                                         head_filters=16, low_level_filters=8)
     model.save(run / "best.keras")
-    (run / "config.json").write_text(json.dumps(
-        {"dataset": "synthetic", "data_dir": str(root / "data"), "val_pattern": "val-*.tfrecord",
-         "num_classes": SYNTHETIC.num_classes}))
+    # What train.py writes: the run's RunConfig (its val_files name the validation shards).
+    RunConfig(data_dir=str(root / "data"), num_classes=SYNTHETIC.num_classes).to_json(run / "config.json")
     return run
 
 

@@ -22,9 +22,9 @@ from synergyseg.evaluation import figures, report, speed
 from synergyseg.evaluation.ablation import ABLATION_FUSIONS
 from synergyseg.evaluation.cityscapes_results import CityscapesResultWriter
 from synergyseg.evaluation.evaluator import ExampleCollector, evaluate_batches, validation_batches
-from synergyseg.evaluation.loading import dataset_info, num_outputs, resolve_model, validation_pattern
+from synergyseg.evaluation.loading import dataset_info, num_outputs
 from synergyseg.atomic import write_json, write_text
-from synergyseg.run_folder import load_model
+from synergyseg.run_folder import RunFolder, load_model, resolve_model_path
 from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
 from synergyseg.models.gated import DEFAULT_MARGIN, DEFAULT_TILE_SIZE, check_gating, gated_synergyseg
 from synergyseg.models.synergy import SynergySeg
@@ -84,19 +84,19 @@ def _check(options):
 def evaluate_model(options, log=print):
     """Runs every part `options` asks for, writes the files listed above and returns results.json's dict."""
     _check(options)
-    model_path, config = resolve_model(options.run_or_model)
-    config = config or {}
+    model_path = resolve_model_path(options.run_or_model)
+    config = RunFolder.of_model(model_path).config()
     out_dir = options.out_dir or default_out_dir(options.run_or_model)
     if not options.accuracy:
         return _speed_only(model_path, out_dir, options, log)
-    data = options.data or validation_pattern(config)
+    data = options.data or (config.val_files if config else None)
     if not data:
         raise ValueError(f"no validation data: pass --data (the run folder of {model_path!r} names none)")
     model = load_model(model_path)
     num_classes = num_outputs(model)
-    dataset = options.dataset or config.get("dataset")
+    dataset = options.dataset or (config.dataset if config else None)
     info, label_values = dataset_info(dataset, num_classes,
-                                      options.mapillary_config or config.get("mapillary_config"))
+                                      options.mapillary_config or (config.mapillary_config if config else None))
     if options.cityscapes_results and info.name != "cityscapes":
         raise ValueError(f"--cityscapes-results needs a Cityscapes model; this one is for {info.name!r}")
 
