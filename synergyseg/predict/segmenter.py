@@ -198,7 +198,7 @@ class Segmenter:
         size = images.shape[1:3]
         model_size = self.input_size
         if model_size is None and resize_factor not in (None, 1):
-            model_size = tuple(int(round(s * resize_factor)) for s in size)
+            model_size = tuple(max(1, int(round(s * resize_factor))) for s in size)
         if model_size is not None and tuple(model_size) != tuple(size):
             # As the evaluation pipeline resizes pictures: bilinear on float pixels.
             images = tf.image.resize(images, model_size, method="bilinear").numpy()
