@@ -8,13 +8,17 @@ Part 1, the trained model (default runs/synthetic) on its validation set: mIoU o
 two-scale and gated inference at each fraction (both ways of feeding the ASPP image pooling, "low"
 and "tile") and threshold, and each one's latency at the data's size, timed round-robin in one run.
 Part 2, timing only (random weights, random images): ResNet-50 at 512x1024 and 1024x2048.
-Writes --out/gated_speed.json and --out/gated_speed.png (mIoU against latency) and prints tables.
+Writes --out/gated_speed.json and gated_speed.png (part 1: mIoU against latency and CPU time),
+--out/gated_timing.json (part 2) and prints the tables. Latency is the median wall-clock time per
+image; CPU time (this process, all threads) is printed beside it because on a shared machine the
+wall clock swings with the other jobs while the CPU time does not.
 """
 
 import argparse
 import datetime
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,16 +30,16 @@ from matplotlib.figure import Figure  # noqa: E402
 import synergyseg  # noqa: E402
 from synergyseg.atomic import atomic_output, write_json  # noqa: E402
 from synergyseg.evaluation import MODEL_KEY, Predictor, evaluate_batches, validation_batches  # noqa: E402
-from synergyseg.evaluation.loading import resolve_model, validation_pattern  # noqa: E402
+from synergyseg.run_folder import RunFolder, resolve_model_path  # noqa: E402
 from synergyseg.models.flops import conv_flops  # noqa: E402
 from synergyseg.models.gated import (  # noqa: E402
-    DEFAULT_MARGIN, DEFAULT_TILE_SIZE, GatedSynergySeg, gated_conv_flops, gated_synergyseg, select_tiles,
+    DEFAULT_MARGIN, DEFAULT_POOLING, DEFAULT_TILE_SIZE, GatedSynergySeg, gated_conv_flops, gated_synergyseg, select_tiles,
     tile_scores, tiles_selected)
 from synergyseg.models.names import UNCERTAINTY  # noqa: E402
 from synergyseg.run_folder import load_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_speed import cpu_name, median_seconds  # noqa: E402
+from model_speed import cpu_name  # noqa: E402
 
 # The issue's settings: 0 is the low scale alone, 1 every tile.
 FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 1.0)
@@ -45,6 +49,32 @@ TIMING_SIZES = ((512, 1024), (1024, 2048))
 def label_map_fn(model):
     """The timed call: the model, the argmax and the uint8 class map on the host (as speed.measure)."""
     return tf.function(lambda x: tf.cast(tf.argmax(model(x, training=False), axis=-1), tf.uint8))
+
+
+def median_wall_and_cpu(fns, x, repeats, warmup=2):
+    """Median wall-clock and CPU seconds (this process, all threads) per call of each function.
+
+    Timed round-robin so machine noise hits all alike. On a shared, loaded machine the wall clock
+    swings with the other jobs (3x between rounds here); the process's CPU time does not.
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            np.asarray(fn(x))
+    wall, cpu = [[] for _ in fns], [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            np.asarray(fn(x))  # wait for the result
+            wall[i].append(time.perf_counter() - start)
+            cpu[i].append(time.process_time() - start_cpu)
+    return [(float(np.median(w)), float(np.median(c))) for w, c in zip(wall, cpu)]
+
+
+def add_ratios(rows):
+    two = next(r for r in rows if r["model"] == "two-scale")
+    for row in rows:
+        for key in ("latency_ms", "cpu_ms", "flops"):
+            row[f"{key}_vs_two_scale"] = row[key] / two[key]
 
 
 def over_images(fn):
@@ -66,9 +96,9 @@ def mean_tiles(gated, batches, threshold):
 
 
 def accuracy_and_speed(args):
-    model_path, config = resolve_model(args.model)
+    model_path = resolve_model_path(args.model)
     model = load_model(model_path)
-    data = args.data or validation_pattern(config or {})
+    data = args.data or RunFolder.of_model(model_path).config().val_files
     batches = list(validation_batches(data, 1, limit=args.limit))
     height, width = (int(d) for d in batches[0][0].shape[1:3])
     num_classes = model.num_classes
@@ -80,7 +110,7 @@ def accuracy_and_speed(args):
             entries.append((f"gated {f:g} ({pooling} pooling)", "gated",
                             gated_synergyseg(model, args.tile_size, args.margin, fraction=f, pooling=pooling), f))
     for t in args.thresholds:
-        entries.append((f"gated >{t:g} (low pooling)", "gated",
+        entries.append((f"gated >{t:g} ({DEFAULT_POOLING} pooling)", "gated",
                         gated_synergyseg(model, args.tile_size, args.margin, threshold=t), None))
 
     rows = []
@@ -103,14 +133,12 @@ def accuracy_and_speed(args):
     images = [tf.cast(b[0], tf.float32) for b in batches[:args.timing_images]]
     print(f"timing {len(entries)} models at {height}x{width} on {len(images)} validation images, "
           f"{args.repeats} rounds...", flush=True)
-    seconds = median_seconds([over_images(label_map_fn(m)) for _, _, m, _ in entries], images, args.repeats)
-    for row, s in zip(rows, seconds):
-        row["latency_ms"] = 1000 * s / len(images)
-    two = rows[1]
+    seconds = median_wall_and_cpu([over_images(label_map_fn(m)) for _, _, m, _ in entries], images, args.repeats)
+    for row, (wall, cpu) in zip(rows, seconds):
+        row["latency_ms"], row["cpu_ms"] = 1000 * wall / len(images), 1000 * cpu / len(images)
+    add_ratios(rows)
     for row in rows:
-        row["latency_vs_two_scale"] = row["latency_ms"] / two["latency_ms"]
-        row["flops_vs_two_scale"] = row["flops"] / two["flops"]
-        row["miou_minus_two_scale"] = 100 * (row["miou"] - two["miou"])
+        row["miou_minus_two_scale"] = 100 * (row["miou"] - rows[1]["miou"])
     return {"model": os.path.abspath(model_path), "data": data, "images": len(batches), "size": [height, width],
             "tile_size": args.tile_size, "margin": args.margin, "rows": rows}
 
@@ -126,44 +154,46 @@ def timing_only(args, backbone, height, width):
                      gated_conv_flops(sub, height, width, tiles, args.tile_size, args.margin)))
     print(f"timing {backbone} at {height}x{width}, {args.timing_repeats} rounds...", flush=True)
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype("float32"))
-    seconds = median_seconds([label_map_fn(m) for _, m, _ in rows], x, args.timing_repeats, warmup=1)
-    out = [{"model": label, "flops": float(flops), "latency_ms": 1000 * s} for (label, _, flops), s in zip(rows, seconds)]
-    for row in out:
-        row["latency_vs_two_scale"] = row["latency_ms"] / out[1]["latency_ms"]
-        row["flops_vs_two_scale"] = row["flops"] / out[1]["flops"]
+    seconds = median_wall_and_cpu([label_map_fn(m) for _, m, _ in rows], x, args.timing_repeats, warmup=1)
+    out = [{"model": label, "flops": float(flops), "latency_ms": 1000 * wall, "cpu_ms": 1000 * cpu}
+           for (label, _, flops), (wall, cpu) in zip(rows, seconds)]
+    add_ratios(out)
     return {"backbone": backbone, "size": [height, width], "rows": out}
 
 
 def markdown(rows, accuracy):
     head = "| setting | " + ("mIoU | Δ mIoU vs two-scale | " if accuracy else "") + \
-        "latency (ms) | latency / two-scale | conv GFLOPs | FLOPs / two-scale |"
+        "latency (ms) | latency / two-scale | CPU (ms) | CPU / two-scale | conv GFLOPs | FLOPs / two-scale |"
     lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
     for r in rows:
         cells = [r["model"]]
         if accuracy:
             cells += [f"{100 * r['miou']:.1f}", f"{r['miou_minus_two_scale']:+.1f}"]
-        cells += [f"{r['latency_ms']:.0f}", f"{r['latency_vs_two_scale']:.2f}", f"{r['flops'] / 1e9:.1f}",
-                  f"{r['flops_vs_two_scale']:.2f}"]
+        cells += [f"{r['latency_ms']:.0f}", f"{r['latency_ms_vs_two_scale']:.2f}", f"{r['cpu_ms']:.0f}",
+                  f"{r['cpu_ms_vs_two_scale']:.2f}", f"{r['flops'] / 1e9:.1f}", f"{r['flops_vs_two_scale']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(path, result):
-    figure = Figure(figsize=(8, 5), dpi=100)
-    ax = figure.add_subplot()
+    figure = Figure(figsize=(11, 4.5), dpi=90)
     rows = result["rows"]
-    for pooling, marker in (("low", "o-"), ("tile", "s--")):
-        points = [r for r in rows if r["model"].endswith(f"({pooling} pooling)") and ">" not in r["model"]]
-        ax.plot([r["latency_ms"] for r in points], [100 * r["miou"] for r in points], marker,
-                label=f"gated, fractions {', '.join(r['model'].split()[1] for r in points)} ({pooling} pooling)")
-    for r in rows:
-        if r["model"] in ("single-scale", "two-scale") or ">" in r["model"]:
-            ax.plot(r["latency_ms"], 100 * r["miou"], "*", markersize=12, label=r["model"])
-    ax.set_xlabel(f"latency per image (ms, {result['size'][0]}x{result['size'][1]}, loaded shared CPU)")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("Gated inference: mIoU against measured latency (main job's model, synthetic val)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    for index, (key, what) in enumerate((("latency_ms", "wall-clock latency"), ("cpu_ms", "CPU time"))):
+        ax = figure.add_subplot(1, 2, index + 1)
+        for pooling, marker in (("tile", "o-"), ("low", "s--")):
+            points = [r for r in rows if r["model"].endswith(f"({pooling} pooling)") and ">" not in r["model"]]
+            ax.plot([r[key] for r in points], [100 * r["miou"] for r in points], marker,
+                    label=f"gated, fraction {' / '.join(r['model'].split()[1] for r in points)} ({pooling} pooling)")
+        for r in rows:
+            if r["model"] in ("single-scale", "two-scale") or ">" in r["model"]:
+                ax.plot(r[key], 100 * r["miou"], "*", markersize=11, label=r["model"])
+        ax.set_xlabel(f"{what} per image (ms, {result['size'][0]}x{result['size'][1]})")
+        ax.set_ylabel("mIoU (%)")
+        ax.grid(True, alpha=0.3)
+        if index == 0:
+            ax.legend(fontsize=7)
+    figure.suptitle("Gated inference on the main job's model (synthetic val): mIoU against time "
+                    "(shared, loaded 2-core CPU)", fontsize=10)
     with atomic_output(path) as tmp:
         FigureCanvasAgg(figure).print_png(tmp)
 
@@ -178,7 +208,9 @@ def main():
     p.add_argument("--thresholds", type=float, nargs="*", default=[0.1, 0.15])
     p.add_argument("--repeats", type=int, default=5, help="timed rounds for the trained model")
     p.add_argument("--timing-images", type=int, default=8, help="validation images per timed round")
-    p.add_argument("--timing-backbones", nargs="*", default=["resnet50"], help="random-weight models to time")
+    p.add_argument("--no-trained", action="store_true", help="skip part 1 (the trained model)")
+    p.add_argument("--timing-backbones", nargs="*", default=["resnet50"],
+                   help="random-weight models to time in part 2 (none: skip it)")
     p.add_argument("--timing-sizes", nargs="*", default=[f"{h}x{w}" for h, w in TIMING_SIZES])
     p.add_argument("--timing-fractions", type=float, nargs="*", default=list(FRACTIONS))
     p.add_argument("--timing-repeats", type=int, default=3)
@@ -189,19 +221,24 @@ def main():
           f"load {os.getloadavg()[0]:.1f}  tensorflow {tf.__version__}", flush=True)
     result = {"date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "cpu": cpu_name(), "cores": os.cpu_count(),
               "load_before": os.getloadavg()}
-    result["trained"] = accuracy_and_speed(args)
-    print(markdown(result["trained"]["rows"], accuracy=True), flush=True)
-    result["timing"] = []
-    for backbone in args.timing_backbones:
-        for size in args.timing_sizes:
-            h, w = (int(v) for v in size.split("x"))
-            result["timing"].append(timing_only(args, backbone, h, w))
-            print(markdown(result["timing"][-1]["rows"], accuracy=False), flush=True)
-    result["load_after"] = os.getloadavg()
-    write_json(os.path.join(args.out, "gated_speed.json"), result, sort_keys=False)
-    plot(os.path.join(args.out, "gated_speed.png"), result["trained"])
+    if not args.no_trained:
+        result["trained"] = accuracy_and_speed(args)
+        result["load_after"] = os.getloadavg()
+        print(markdown(result["trained"]["rows"], accuracy=True), flush=True)
+        write_json(os.path.join(args.out, "gated_speed.json"), result, sort_keys=False)
+        plot(os.path.join(args.out, "gated_speed.png"), result["trained"])
+    if args.timing_backbones:
+        result["timing"] = []
+        for backbone in args.timing_backbones:
+            for size in args.timing_sizes:
+                h, w = (int(v) for v in size.split("x"))
+                result["timing"].append(timing_only(args, backbone, h, w))
+                result["load_after"] = os.getloadavg()
+                print(markdown(result["timing"][-1]["rows"], accuracy=False), flush=True)
+                # Written after each size, so what is measured survives a stop.
+                write_json(os.path.join(args.out, "gated_timing.json"), result, sort_keys=False)
     print(f"load average before {result['load_before'][0]:.1f}, after {result['load_after'][0]:.1f}; "
-          f"wrote {args.out}/gated_speed.json and gated_speed.png")
+          f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import keras
 import evaluate
 import synergyseg
 from synergyseg.data import SYNTHETIC, decode_example, synthetic
+from synergyseg.export.tflite import make_interpreter
 from synergyseg.models.gated import (
     GATE, GatedSynergySeg, gated_synergyseg, select_tiles, tile_scores, tiles_selected)
 from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
@@ -208,7 +209,7 @@ def test_tflite_at_a_fixed_size_matches_keras(model, tmp_path):
     tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
     converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path), ["serving_default"])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner("serving_default")
+    runner = make_interpreter(model_content=converter.convert()).get_signature_runner("serving_default")
     x = images(1, 80, 112, seed=9)
     np.testing.assert_allclose(runner(images=x.numpy())["probabilities"], np.asarray(gated(x)), atol=1e-5)
 

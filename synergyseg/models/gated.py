@@ -30,6 +30,9 @@ MIN_TILE_SIZE = 16
 # scale's pooled trunk features (the whole image's mean, at half resolution); "tile" lets it pool
 # over the tile alone, as the plain submodel does.
 POOLINGS = ("low", "tile")
+# "tile" scored higher than "low" at every fraction on the main job's model (BENCHMARKS.md): it was
+# trained on 128x256 crops, so its pooling learned crop-sized context, which a tile is closer to.
+DEFAULT_POOLING = "tile"
 # The extra output key of `scale_outputs=True`: 1 where the high scale ran, 0 where `U(S_lo)` stands.
 GATE = "gate"
 
@@ -156,7 +159,7 @@ class GatedSynergySeg(keras.Model):
     """
 
     def __init__(self, submodel, fusion="uncertainty", tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN,
-                 fraction=None, threshold=None, max_tiles=None, pooling="low", scale_outputs=False,
+                 fraction=None, threshold=None, max_tiles=None, pooling=DEFAULT_POOLING, scale_outputs=False,
                  class_names=None, palette=None, name="gated_synergyseg", **kwargs):
         fraction, threshold = check_gating(tile_size, margin, fraction, threshold, max_tiles, pooling)
         fuse = make_fusion(fusion) if isinstance(fusion, str) else fusion
@@ -318,7 +321,7 @@ class GatedSynergySeg(keras.Model):
 
 
 def gated_synergyseg(model, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN, fraction=None, threshold=None,
-                     max_tiles=None, pooling="low", scale_outputs=False):
+                     max_tiles=None, pooling=DEFAULT_POOLING, scale_outputs=False):
     """A `GatedSynergySeg` sharing a trained SynergySeg model's submodel and fusion (nothing copied).
 
     Args:
