@@ -94,16 +94,10 @@ def evaluate_model(options, log=print):
         raise ValueError(f"no validation data: pass --data (the run folder of {model_path!r} names none)")
     model = load_model(model_path)
     num_classes = num_outputs(model)
-    dataset = options.dataset or (config.dataset if config else None)
-    info, label_values = dataset_info(dataset, num_classes,
-                                      options.mapillary_config or (config.mapillary_config if config else None))
-    if options.cityscapes_results and info.name != "cityscapes":
-        raise ValueError(f"--cityscapes-results needs a Cityscapes model; this one is for {info.name!r}")
+    info, label_values = _dataset(options, config, num_classes)
 
-    predictor = Predictor(model, fusions=(), flip=options.flip)
-    fusions = tuple(options.ablation) if predictor.two_scale else ()
-    if fusions:
-        predictor = Predictor(model, fusions=fusions, flip=options.flip)
+    fusions = tuple(options.ablation) if is_two_scale(model) else ()
+    predictor = Predictor(model, fusions=fusions, flip=options.flip)
     collector = ExampleCollector(options.num_figures)
     visitors = [collector] if options.num_figures else []
     writer = None
@@ -149,12 +143,12 @@ def evaluate_model(options, log=print):
         sections.append("## Fusion ablation\n\nSkipped: the model is single-scale (it has no fusion).")
     gated = _gated_models(model, options)
     if gated:
+        columns = {"two-scale": scores[MODEL_KEY]}
         for label, gated_model in gated:
             log(f"Evaluating {label}...")
-            scores[label] = evaluate_batches(Predictor(gated_model), batches, num_classes,
-                                             progress=options.progress, total=total)[MODEL_KEY].scores()
-        columns = {"two-scale": scores[MODEL_KEY], **{label: scores[label] for label, _ in gated}}
-        results["gated"] = {label: report.scores_record(scores[label], info.class_names) for label, _ in gated}
+            columns[label] = evaluate_batches(Predictor(gated_model), batches, num_classes,
+                                              progress=options.progress, total=total)[MODEL_KEY].scores()
+        results["gated"] = {label: report.scores_record(columns[label], info.class_names) for label, _ in gated}
         sections.append("## Gated inference (same weights)\n\n" + report.summary_markdown(columns) + "\n\n"
                         + report.iou_markdown(columns, info.class_names))
         files["gated.csv"] = report.iou_csv(columns, info.class_names)
@@ -172,14 +166,17 @@ def evaluate_model(options, log=print):
         sections.append(f"Cityscapes result files: {len(writer.written)} label-id PNGs in "
                         f"{options.cityscapes_results}")
 
-    markdown = "\n\n".join(sections) + "\n"
-    for name, text in files.items():
-        write_text(os.path.join(out_dir, name), text)
-    write_text(os.path.join(out_dir, "report.md"), markdown)
-    write_json(os.path.join(out_dir, "results.json"), results, sort_keys=False)
-    log("\n" + markdown)
-    log(f"Wrote {out_dir}")
-    return results
+    return _write(out_dir, results, sections, files, log)
+
+
+def _dataset(options, config, num_classes):
+    """`(DatasetInfo, label values)` of the options' dataset, else the run config's."""
+    dataset = options.dataset or (config.dataset if config else None)
+    mapillary_config = options.mapillary_config or (config.mapillary_config if config else None)
+    info, label_values = dataset_info(dataset, num_classes, mapillary_config)
+    if options.cityscapes_results and info.name != "cityscapes":
+        raise ValueError(f"--cityscapes-results needs a Cityscapes model; this one is for {info.name!r}")
+    return info, label_values
 
 
 def _speed_only(model_path, out_dir, options, log):
@@ -188,8 +185,15 @@ def _speed_only(model_path, out_dir, options, log):
     model = load_model(model_path)
     measurements = _measure_speed(model, is_two_scale(model), options, log)
     results = {"model": os.path.abspath(model_path), "speed": measurements}
-    markdown = f"## Speed\n\n{report.speed_markdown(measurements)}\n"
-    write_text(os.path.join(out_dir, "speed.csv"), _speed_csv(measurements))
+    return _write(out_dir, results, [f"## Speed\n\n{report.speed_markdown(measurements)}"],
+                  {"speed.csv": _speed_csv(measurements)}, log)
+
+
+def _write(out_dir, results, sections, files, log):
+    """Writes the tables `files`, report.md from `sections` and results.json; returns `results`."""
+    markdown = "\n\n".join(sections) + "\n"
+    for name, text in files.items():
+        write_text(os.path.join(out_dir, name), text)
     write_text(os.path.join(out_dir, "report.md"), markdown)
     write_json(os.path.join(out_dir, "results.json"), results, sort_keys=False)
     log("\n" + markdown)
