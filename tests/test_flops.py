@@ -24,3 +24,15 @@ def test_half_resolution_scale_costs_a_quarter():
     model = build_deeplabv3plus(5, **tiny_kwargs())
     full, half = conv_flops(model, 128, 256), conv_flops(model, 64, 128)
     assert abs(half / full - 0.25) < 0.01
+
+
+def test_counts_depthwise_and_separable_convs_by_hand():
+    x = keras.Input((None, None, 3))
+    y = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2)(x)
+    y = keras.layers.SeparableConv2D(5, 3, padding="same", dilation_rate=2)(y)
+    y = keras.layers.Conv2D(4, 1)(y)
+    model = keras.Model(x, y)
+    # 11x14 -> 6x7: depthwise 3x3 on 3 channels x 2 = 6 maps; separable: 3x3 on 6 maps, then
+    # 6 -> 5 pointwise; then 5 -> 4. Dilation adds no multiply-adds.
+    per_position = 3 * 3 * 3 * 2 + (3 * 3 * 6 + 6 * 5) + 5 * 4
+    assert conv_flops(model, 11, 14) == 2 * 6 * 7 * per_position

@@ -1,19 +1,30 @@
-"""DeepLabV3+ (Chen et al., ECCV 2018) on a dilated ResNet trunk: the shared submodel of SynergySeg."""
+"""DeepLabV3+ (Chen et al., ECCV 2018) on a dilated ResNet or MobileNetV3 trunk: SynergySeg's submodel."""
 
 import keras
 from keras import layers
 
 from synergyseg.models.preprocessing import ImageNetNormalization
 from synergyseg.models.resize import ResizeLike
+from synergyseg.models.mobilenet import build_mobilenetv3_large
 from synergyseg.models.names import BACKBONES, OUTPUT_STRIDES
 from synergyseg.models.resnet import build_resnet
 from synergyseg.models.weights import load_backbone_weights
 
 # ASPP atrous rates at output stride 16; DeepLabV3 doubles them at output stride 8.
 ASPP_RATES_OS16 = (6, 12, 18)
+# Trunks whose head is separable by default: a plain 3x3 head would cost 10x the light trunk
+# (two-scale 1024x2048: 609 GFLOPs with 256 plain filters, 63 with 128 separable; BENCHMARKS.md).
+SEPARABLE_HEAD_BACKBONES = ("mobilenetv3_large",)
 
 
-def _conv_bn_relu(x, filters, kernel_size, name, dilation=1):
+def _conv_bn_relu(x, filters, kernel_size, name, dilation=1, separable=False):
+    if separable and kernel_size > 1:
+        # DeepLabV3+'s atrous separable convolution (section 3.2): BN and ReLU after each part.
+        x = layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=dilation, use_bias=False,
+                                   name=f"{name}_depthwise")(x)
+        x = layers.BatchNormalization(name=f"{name}_depthwise_bn")(x)
+        x = layers.Activation("relu", name=f"{name}_depthwise_relu")(x)
+        kernel_size, dilation = 1, 1
     x = layers.Conv2D(
         filters, kernel_size, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv"
     )(x)
@@ -21,11 +32,12 @@ def _conv_bn_relu(x, filters, kernel_size, name, dilation=1):
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def aspp(features, filters=256, rates=ASPP_RATES_OS16, dropout=0.1):
+def aspp(features, filters=256, rates=ASPP_RATES_OS16, dropout=0.1, separable=False):
     """Atrous spatial pyramid pooling: a 1x1 conv, one 3x3 conv per rate and image pooling."""
     branches = [_conv_bn_relu(features, filters, 1, "aspp_1x1")]
     for rate in rates:
-        branches.append(_conv_bn_relu(features, filters, 3, f"aspp_rate{rate}", dilation=rate))
+        branches.append(
+            _conv_bn_relu(features, filters, 3, f"aspp_rate{rate}", dilation=rate, separable=separable))
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(features)
     pooled = _conv_bn_relu(pooled, filters, 1, "aspp_pool_1x1")
     # Resizing a 1x1 map bilinearly is a broadcast to the feature size.
@@ -35,13 +47,13 @@ def aspp(features, filters=256, rates=ASPP_RATES_OS16, dropout=0.1):
     return layers.Dropout(dropout, name="aspp_dropout")(x)
 
 
-def decoder(aspp_features, low_level, filters=256, low_level_filters=48):
+def decoder(aspp_features, low_level, filters=256, low_level_filters=48, separable=False):
     """DeepLabV3+ decoder: upsample to stride 4, concatenate 48 projected channels, two 3x3 convs."""
     low = _conv_bn_relu(low_level, low_level_filters, 1, "decoder_low_level")
     x = ResizeLike(name="decoder_upsample")([aspp_features, low])
     x = layers.Concatenate(name="decoder_concat")([x, low])
-    x = _conv_bn_relu(x, filters, 3, "decoder_conv1")
-    return _conv_bn_relu(x, filters, 3, "decoder_conv2")
+    x = _conv_bn_relu(x, filters, 3, "decoder_conv1", separable=separable)
+    return _conv_bn_relu(x, filters, 3, "decoder_conv2", separable=separable)
 
 
 @keras.saving.register_keras_serializable(package="synergyseg")
@@ -53,13 +65,19 @@ class DeepLabV3Plus(keras.Model):
 
     Args:
         num_classes: number of classes (at least 2).
-        backbone: one of `names.BACKBONES`: "resnet50" (the paper's), "resnet101", or
-            "resnet18"/"resnet34" for quick CPU runs.
+        backbone: one of `names.BACKBONES`: "resnet50" (the paper's), "resnet101",
+            "resnet18"/"resnet34" for quick CPU runs, or "mobilenetv3_large" (the real-time
+            trunk; its ImageNet weights load from keras.applications' file).
         output_stride: 16 (default) or 8; ASPP rates are (6, 12, 18) at 16 and doubled at 8.
-        backbone_width: channels of the trunk's first stage (64 in the real networks).
+            MobileNetV3 supports 16 only.
+        backbone_width: channels of a ResNet trunk's first stage (64 in the real networks);
+            MobileNetV3 has its published widths, so it must stay 64.
         head_filters: channels of ASPP and the decoder (256 in the paper).
         low_level_filters: channels of the projected stride-4 features (48 in the paper).
         dropout: dropout after the ASPP projection.
+        separable: ASPP's atrous and the decoder's 3x3 convs as depthwise-separable convs (the
+            paper's atrous separable convolution, section 3.2); None (default) picks the
+            trunk's head: separable for MobileNetV3 (the real-time model), plain for ResNets.
 
     Input `(batch, h, w, 3)` RGB in [0, 255], uint8 or float, any h and w; output
     `(batch, h, w, num_classes)` float32 softmax probabilities.
@@ -70,7 +88,8 @@ class DeepLabV3Plus(keras.Model):
     """
 
     def __init__(self, num_classes, backbone="resnet50", output_stride=16, backbone_width=64,
-                 head_filters=256, low_level_filters=48, dropout=0.1, name="deeplabv3plus", **kwargs):
+                 head_filters=256, low_level_filters=48, dropout=0.1, separable=None,
+                 name="deeplabv3plus", **kwargs):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if backbone not in BACKBONES:
@@ -79,14 +98,22 @@ class DeepLabV3Plus(keras.Model):
             strides = " or ".join(map(str, sorted(OUTPUT_STRIDES)))
             raise ValueError(f"DeepLabV3+ output_stride must be {strides}, got {output_stride!r}")
 
+        if separable is None:
+            separable = backbone in SEPARABLE_HEAD_BACKBONES
         image = keras.Input((None, None, 3), name="image")
-        x = ImageNetNormalization(name="imagenet_normalization")(image)
-        trunk = build_resnet(backbone, output_stride=output_stride, width=backbone_width, name="backbone")
+        if backbone.startswith("resnet"):
+            x = ImageNetNormalization(name="imagenet_normalization")(image)
+            trunk = build_resnet(backbone, output_stride=output_stride, width=backbone_width, name="backbone")
+        else:
+            _check_mobilenet(backbone, output_stride, backbone_width)
+            # The trunk normalizes itself (x / 127.5 - 1), as keras.applications' MobileNetV3 does.
+            x = image
+            trunk = build_mobilenetv3_large(output_stride=output_stride, name="backbone")
         low_level, features = trunk(x)
 
         rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
-        x = aspp(features, head_filters, rates, dropout)
-        x = decoder(x, low_level, head_filters, low_level_filters)
+        x = aspp(features, head_filters, rates, dropout, separable=separable)
+        x = decoder(x, low_level, head_filters, low_level_filters, separable=separable)
         logits = layers.Conv2D(num_classes, 1, name="classifier")(x)
         # Upsample logits (not probabilities) to the input size, then softmax in float32 so mixed
         # precision never feeds half-precision probabilities to the loss.
@@ -101,10 +128,11 @@ class DeepLabV3Plus(keras.Model):
         self.head_filters = head_filters
         self.low_level_filters = low_level_filters
         self.dropout = dropout
+        self.separable = separable
 
     @property
     def trunk(self):
-        """The ResNet trunk (a nested model whose weights load from keras.applications files)."""
+        """The trunk (a nested model whose weights load from keras.applications files)."""
         return self.get_layer("backbone")
 
     def pooled_context_models(self):
@@ -131,6 +159,7 @@ class DeepLabV3Plus(keras.Model):
             "head_filters": self.head_filters,
             "low_level_filters": self.low_level_filters,
             "dropout": self.dropout,
+            "separable": self.separable,
         }
 
     @classmethod
@@ -138,12 +167,21 @@ class DeepLabV3Plus(keras.Model):
         return cls(**config)
 
 
+def _check_mobilenet(backbone, output_stride, backbone_width):
+    if output_stride != 16:
+        raise ValueError(f"backbone={backbone!r} supports output_stride=16 only, got {output_stride!r}")
+    if backbone_width != 64:
+        raise ValueError(
+            f"backbone_width={backbone_width!r} applies to ResNet trunks only; {backbone!r} has its "
+            "published widths (leave backbone_width at 64)")
+
+
 def build_deeplabv3plus(num_classes, backbone="resnet50", output_stride=16, backbone_weights=None, **kwargs):
     """A `DeepLabV3Plus`, with the trunk's weights read from the local file `backbone_weights`.
 
     Args:
         backbone_weights: path of a local weights file for the trunk, e.g. keras.applications'
-            ResNet-50 ImageNet "notop" .h5, or None for random initialization.
+            ResNet-50 or MobileNetV3-Large ImageNet "notop" .h5, or None for random initialization.
         num_classes, backbone, output_stride, **kwargs: as in `DeepLabV3Plus`.
     """
     model = DeepLabV3Plus(num_classes, backbone=backbone, output_stride=output_stride, **kwargs)

@@ -3,8 +3,15 @@
 import keras
 
 
+CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+
+
 def conv_flops(model, height, width):
-    """FLOPs (2 per multiply-add) of every Conv2D in a single-scale `model` at `height x width`.
+    """FLOPs (2 per multiply-add) of every convolution in a single-scale `model` at `height x width`.
+
+    Counts Conv2D, DepthwiseConv2D (kh * kw multiply-adds per output channel) and SeparableConv2D
+    (its depthwise part plus its 1x1 pointwise part); other layers (BatchNorm, activations,
+    resizes) are not counted.
 
     Nested models (the trunk inside DeepLabV3+) are counted at the size their input has inside
     `model`. For the two-scale SynergySeg model, count its submodel at both scales:
@@ -14,7 +21,7 @@ def conv_flops(model, height, width):
 
 
 def _flops(model, input_shape):
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    convs = [l for l in model.layers if isinstance(l, CONVS)]
     nested = [l for l in model.layers if isinstance(l, keras.Model)]
     # A nested Model's `.input` is its own Input; the tensor feeding it in `model` is its first
     # inbound node's input (Keras keeps no public accessor for it).
@@ -23,9 +30,19 @@ def _flops(model, input_shape):
     shapes = probe(keras.KerasTensor(input_shape))
     total = 0
     for layer, out in zip(convs, shapes[: len(convs)]):
-        kh, kw = layer.kernel_size
-        c_in = layer.kernel.shape[2]  # per group already
-        total += 2 * out.shape[1] * out.shape[2] * kh * kw * c_in * layer.filters
+        total += 2 * out.shape[1] * out.shape[2] * _multiply_adds_per_position(layer)
     for layer, inp in zip(nested, shapes[len(convs) :]):
         total += _flops(layer, tuple(inp.shape))
     return total
+
+
+def _multiply_adds_per_position(layer):
+    kh, kw = layer.kernel_size
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        # kernel (kh, kw, c_in, depth_multiplier): each output channel sees one input channel.
+        return kh * kw * layer.kernel.shape[2] * layer.kernel.shape[3]
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        c_in, multiplier = layer.depthwise_kernel.shape[2:]
+        return kh * kw * c_in * multiplier + c_in * multiplier * layer.filters
+    c_in = layer.kernel.shape[2]  # per group already
+    return kh * kw * c_in * layer.filters

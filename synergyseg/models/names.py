@@ -4,8 +4,8 @@ Each tuple is the one list of its kind; the modules that implement the names (`r
 `fusion.FUSIONS`) are tested to hold exactly these.
 """
 
-# Trunks of `build_deeplabv3plus` (see synergyseg/models/resnet.py).
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+# Trunks of `build_deeplabv3plus` (synergyseg/models/resnet.py; mobilenet.py for the real-time one).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv3_large")
 
 # DeepLabV3+ output strides; ASPP rates are (6, 12, 18) at 16 and doubled at 8.
 OUTPUT_STRIDES = (16, 8)

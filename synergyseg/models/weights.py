@@ -4,18 +4,22 @@ import os
 
 import keras
 
+# Trunks whose weights load from a keras.applications file, and the constructor that reads it.
+APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "mobilenetv3_large": "MobileNetV3Large"}
+
 
 def load_backbone_weights(trunk, backbone, path):
     """Sets `trunk`'s weights from the local file `path`, layer by layer, and checks every shape.
 
-    For "resnet50"/"resnet101" the file is what `keras.applications.ResNet50(include_top=False)`
-    loads (the ImageNet "notop" .h5, or weights saved from such a model); for the other trunks it
-    is a weights file saved from the same trunk (`trunk.save_weights(...)`).
+    For "resnet50"/"resnet101"/"mobilenetv3_large" the file is what
+    `keras.applications.ResNet50(include_top=False)` (or `ResNet101`, `MobileNetV3Large`) loads:
+    the ImageNet "notop" .h5 keras.applications publishes, or weights saved from such a model. For
+    the other trunks it is a weights file saved from the same trunk (`trunk.save_weights(...)`).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Backbone weights file not found: {path}")
-    if backbone in ("resnet50", "resnet101"):
+    if backbone in APPLICATIONS:
         reference = _applications_model(backbone, path)
     else:
         reference = None
@@ -47,11 +51,11 @@ def load_backbone_weights(trunk, backbone, path):
 
 
 def _applications_model(backbone, path):
-    constructor = {"resnet50": keras.applications.ResNet50, "resnet101": keras.applications.ResNet101}
+    constructor = getattr(keras.applications, APPLICATIONS[backbone])
     try:
-        return constructor[backbone](weights=path, include_top=False)
+        return constructor(weights=path, include_top=False, input_shape=(None, None, 3))
     except Exception as e:
         raise ValueError(
             f"Backbone weights file {path} could not be loaded as keras.applications."
-            f"{constructor[backbone].__name__}(include_top=False) weights: {e}"
+            f"{APPLICATIONS[backbone]}(include_top=False) weights: {e}"
         ) from e

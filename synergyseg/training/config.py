@@ -40,6 +40,8 @@ class RunConfig:
     head_filters: int = 256
     low_level_filters: int = 48
     dropout: float = 0.1
+    # Depthwise-separable ASPP/decoder convs; None = the trunk's default (separable for MobileNetV3).
+    separable: bool | None = None
     # Data.
     crop_size: tuple = (128, 256)
     scale_range: tuple | None = (0.5, 2.0)
@@ -169,6 +171,19 @@ PRESETS = {
         crop_size=(1024, 1024), batch_size=2, epochs=150, run_dir="runs/mapillary",
         synthetic_train=0, synthetic_val=0),
 }
+
+
+# The real-time model (issue 9): MobileNetV3-Large at output stride 16 with a separable DeepLabV3+
+# head of 128 filters, 63 GFLOPs two-scale at 1024x2048 (BENCHMARKS.md). The recipes are the ones
+# above; pass backbone_weights= keras.applications' MobileNetV3-Large "notop" .h5 on real data.
+REALTIME_MODEL = dict(backbone="mobilenetv3_large", backbone_width=64, head_filters=128,
+                      low_level_filters=32, separable=True)
+PRESETS["realtime"] = PRESETS["synthetic"].replace(
+    preset="realtime", run_dir="runs/realtime", **REALTIME_MODEL)
+PRESETS["realtime-cityscapes"] = PRESETS["cityscapes"].replace(
+    preset="realtime-cityscapes", run_dir="runs/realtime-cityscapes", **REALTIME_MODEL)
+PRESETS["realtime-mapillary"] = PRESETS["mapillary"].replace(
+    preset="realtime-mapillary", run_dir="runs/realtime-mapillary", **REALTIME_MODEL)
 
 
 def preset(name, **overrides):

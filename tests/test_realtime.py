@@ -1,0 +1,252 @@
+"""The real-time model: MobileNetV3-Large trunk (keras.applications' weights) + separable DeepLabV3+.
+
+Offline throughout: every model is built with random weights, and the ImageNet file is stood in
+for by a weights file saved from keras.applications' own MobileNetV3Large.
+"""
+
+import numpy as np
+import pytest
+import keras
+
+import synergyseg
+from synergyseg.export import check_builtin_ops, convert_tflite, make_interpreter, run_tflite
+from synergyseg.export.onnx import export_onnx
+from synergyseg.export.saved_model import export_saved_model
+from synergyseg.models import names
+from synergyseg.models.flops import conv_flops
+from synergyseg.models.mobilenet import build_mobilenetv3_large
+from synergyseg.training.config import RunConfig, preset
+from tests.reference import all_layers as _all_layers
+from tests.test_export import SAVED_MODEL_SCRIPT
+
+NUM_CLASSES = 5
+# A small head keeps the tests fast; the trunk is the full MobileNetV3-Large.
+SMALL_HEAD = dict(head_filters=16, low_level_filters=8)
+# Issue 9's budget: the two-scale model at 1024x2048, 2 FLOPs per multiply-add.
+BUDGET_GFLOPS = 100
+
+
+def _applications_mobilenet():
+    return keras.applications.MobileNetV3Large(input_shape=(None, None, 3), include_top=False,
+                                               weights=None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A two-scale real-time model with random weights and BatchNorm statistics of real activations.
+
+    With BatchNorm's initial statistics (mean 0, variance 1) a random MobileNetV3 in inference
+    mode shrinks its signal to nothing (trunk features ~1e-11, probabilities 0.2 +- 1e-4, so
+    every argmax is a tie). Setting each BatchNorm's statistics from one batch (momentum 0 for one
+    training-mode call; no weight changes) makes it compute a real, decisive function.
+    """
+    keras.utils.set_random_seed(0)
+    model = synergyseg.build_synergyseg(NUM_CLASSES, backbone="mobilenetv3_large", **SMALL_HEAD)
+    norms = [l for l in _all_layers(model.submodel) if isinstance(l, keras.layers.BatchNormalization)]
+    momentum = {id(l): l.momentum for l in norms}
+    for layer in norms:
+        layer.momentum = 0.0
+    model.submodel(_images((4, 64, 128, 3)).astype("float32"), training=True)
+    for layer in norms:
+        layer.momentum = momentum[id(layer)]
+    classifier = model.submodel.get_layer("classifier")
+    kernel, bias = classifier.get_weights()
+    classifier.set_weights([kernel * 4, bias])  # a trained model's logits spread wider still
+    return model
+
+
+def _images(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _expected(model, images):
+    """The Keras model's own predictions: fused probabilities, uncertainty and class map."""
+    outputs = model.with_fusion(scale_outputs=True).predict(images.astype("float32"), verbose=0)
+    probabilities = model.predict(images.astype("float32"), verbose=0)
+    np.testing.assert_allclose(outputs[names.FUSED], probabilities, atol=1e-5)  # two graphs
+    return probabilities, outputs[names.UNCERTAINTY], probabilities.argmax(-1)
+
+
+def _decisive(probabilities, margin=1e-3):
+    """Pixels whose top two classes differ by more than `margin` (argmax cannot flip there)."""
+    top2 = np.sort(probabilities, axis=-1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0]) > margin
+
+
+# --- the trunk ------------------------------------------------------------------------------
+
+def test_trunk_matches_keras_applications_names_shapes_and_outputs():
+    ours, ref = build_mobilenetv3_large(output_stride=32), _applications_mobilenet()
+    shapes = lambda m: {l.name: [tuple(w.shape) for w in l.weights] for l in m.layers if l.weights}
+    assert shapes(ours) == shapes(ref)
+    for layer in ours.layers:
+        if layer.weights:
+            layer.set_weights(ref.get_layer(layer.name).get_weights())
+    # Raw [0, 255] RGB into both: the normalization is inside each model. Odd size on purpose.
+    images = _images((1, 67, 45, 3)).astype("float32")
+    low_level, features = ours(images)
+    np.testing.assert_allclose(features, ref(images), atol=1e-4)
+    # Its first conv pads "same" (ceil), its strided depthwise convs pad as keras.applications'
+    # correct_pad (floor): 45 -> 23 -> 11.
+    assert low_level.shape == (1, 17, 11, 24)
+
+
+def test_output_stride_16_dilates_the_last_stage_only():
+    trunk = build_mobilenetv3_large(output_stride=16)
+    low_level, features = trunk(np.zeros((1, 65, 97, 3), "float32"))
+    # 65 -> 33 -> 16 -> 8 -> 4 (and 97 -> 49 -> 24 -> 12 -> 6): no stride after stride 16.
+    assert low_level.shape == (1, 16, 24, 24) and features.shape == (1, 4, 6, 960)
+    dilations = {l.name: l.dilation_rate for l in trunk.layers
+                 if isinstance(l, keras.layers.DepthwiseConv2D)}
+    assert dilations["expanded_conv_12_depthwise"] == (1, 1)
+    assert dilations["expanded_conv_13_depthwise"] == dilations["expanded_conv_14_depthwise"] == (2, 2)
+    assert {d for name, d in dilations.items() if not name.startswith(("expanded_conv_13",
+                                                                     "expanded_conv_14"))} == {(1, 1)}
+    with pytest.raises(ValueError, match="output_stride"):
+        build_mobilenetv3_large(output_stride=8)
+
+
+def test_trunk_loads_a_keras_applications_weights_file(tmp_path):
+    ref = _applications_mobilenet()
+    rng = np.random.default_rng(1)
+    # Random values (not the initializers' zeros and ones) so every tensor is told apart;
+    # BatchNorm variances stay positive (1 +- 0.1).
+    ref.set_weights([(0.1 * rng.normal(size=w.shape) + (w.name == "moving_variance")).astype("float32")
+                     for w in ref.weights])
+    path = tmp_path / "mobilenet_v3_large_notop.weights.h5"
+    ref.save_weights(path)
+
+    model = synergyseg.build_deeplabv3plus(NUM_CLASSES, backbone="mobilenetv3_large",
+                                           backbone_weights=path, **SMALL_HEAD)
+    loaded = [layer for layer in model.trunk.layers if layer.weights]
+    assert len(loaded) == len([layer for layer in ref.layers if layer.weights])
+    for layer in loaded:
+        for got, want in zip(layer.get_weights(), ref.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    # The stride-4 features come before any dilation: the same function as keras.applications'.
+    ref_low = keras.Model(ref.input, ref.get_layer("expanded_conv_2_add").output)
+    images = _images((1, 40, 56, 3)).astype("float32")
+    np.testing.assert_allclose(model.trunk(images)[0], ref_low(images), rtol=1e-4, atol=1e-4)
+
+
+def test_a_weights_file_of_another_network_is_refused(tmp_path):
+    other = keras.applications.MobileNetV3Small(input_shape=(None, None, 3), include_top=False,
+                                                weights=None)
+    path = tmp_path / "small.weights.h5"
+    other.save_weights(path)
+    with pytest.raises(ValueError, match=r"small\.weights\.h5.*MobileNetV3Large"):
+        synergyseg.build_deeplabv3plus(NUM_CLASSES, backbone="mobilenetv3_large",
+                                       backbone_weights=path, **SMALL_HEAD)
+
+
+# --- the model ------------------------------------------------------------------------------
+
+def test_head_is_separable_by_default_and_within_the_flop_budget():
+    model = synergyseg.build_deeplabv3plus(19, **{k: v for k, v in preset("realtime-cityscapes")
+                                                  .to_dict().items() if k in (
+        "backbone", "head_filters", "low_level_filters", "separable")})
+    assert model.separable and model.get_config()["separable"] is True
+    assert not synergyseg.build_deeplabv3plus(NUM_CLASSES, backbone="resnet18", backbone_width=8,
+                                              head_filters=16, low_level_filters=8).separable
+    depthwise = [l.name for l in model.layers if isinstance(l, keras.layers.DepthwiseConv2D)]
+    assert depthwise == ["aspp_rate6_depthwise", "aspp_rate12_depthwise", "aspp_rate18_depthwise",
+                         "decoder_conv1_depthwise", "decoder_conv2_depthwise"]
+    two_scale = conv_flops(model, 1024, 2048) + conv_flops(model, 512, 1024)
+    assert two_scale < BUDGET_GFLOPS * 1e9
+    with pytest.raises(ValueError, match="backbone_width"):
+        synergyseg.build_deeplabv3plus(NUM_CLASSES, backbone="mobilenetv3_large", backbone_width=32)
+    with pytest.raises(ValueError, match="output_stride=16 only"):
+        synergyseg.build_deeplabv3plus(NUM_CLASSES, backbone="mobilenetv3_large", output_stride=8)
+
+
+@pytest.mark.parametrize("height, width", [(37, 53), (16, 16), (64, 96)])
+def test_any_input_size(model, height, width):
+    probabilities = model.predict(_images((1, height, width, 3)).astype("float32"), verbose=0)
+    assert probabilities.shape == (1, height, width, NUM_CLASSES)
+    np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
+
+
+def test_save_and_load_with_safe_mode(model, tmp_path):
+    model.save(tmp_path / "realtime.keras")
+    loaded = keras.models.load_model(tmp_path / "realtime.keras", safe_mode=True)
+    for got, want in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)  # BatchNorm statistics included
+    # Not bit-equal outputs: the fixture's predict was retraced for other sizes (unknown
+    # height/width), and oneDNN then picks other kernels; measured max difference ~3e-6.
+    images = _images((1, 40, 72, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0),
+                               atol=1e-5)
+    assert isinstance(loaded, synergyseg.SynergySeg)
+    assert loaded.backbone == "mobilenetv3_large" and loaded.submodel.separable
+
+
+# --- export: each artifact matches the Keras model's own predict ----------------------------
+
+def test_saved_model_matches_keras_in_a_fresh_process(model, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    export_saved_model(model, tmp_path / "saved_model")
+    inputs = {"even": _images((2, 48, 96, 3)), "odd": _images((1, 37, 53, 3), seed=1)}
+    np.savez(tmp_path / "in.npz", **inputs)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", SAVED_MODEL_SCRIPT, str(tmp_path / "saved_model"),
+         str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1])["synergyseg_imported"] is False
+    outputs = np.load(tmp_path / "out.npz")
+    for key, images in inputs.items():
+        probabilities, uncertainty, class_map = _expected(model, images)
+        assert np.abs(outputs[f"{key}/probabilities"] - probabilities).max() < 1e-5
+        assert np.abs(outputs[f"{key}/uncertainty"] - uncertainty).max() < 1e-5
+        np.testing.assert_array_equal(outputs[f"{key}/class_map"], class_map)
+
+
+def test_tflite_float32_uses_builtin_ops_and_matches_keras(model):
+    height, width = 48, 96
+    content = convert_tflite(model, (height, width))
+    check_builtin_ops(content)  # raises on any Flex/custom op
+    interpreter = make_interpreter(model_content=content, num_threads=2)
+    for seed in range(2):
+        images = _images((1, height, width, 3), seed=seed)
+        outputs = run_tflite(interpreter, images)
+        probabilities, uncertainty, class_map = _expected(model, images)
+        assert np.abs(outputs["probabilities"] - probabilities).max() < 1e-4
+        assert np.abs(outputs["uncertainty"] - uncertainty).max() < 1e-4
+        decisive = _decisive(probabilities)
+        assert decisive.mean() > 0.9
+        np.testing.assert_array_equal(outputs["class_map"][decisive], class_map[decisive])
+
+
+def test_onnx_matches_keras_in_onnxruntime(model, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = export_onnx(model, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+    for shape in [(2, 48, 96, 3), (1, 37, 53, 3)]:  # dynamic batch, height and width
+        images = _images(shape, seed=2)
+        outputs = dict(zip(output_names, session.run(None, {"images": images})))
+        probabilities, uncertainty, class_map = _expected(model, images)
+        assert np.abs(outputs["probabilities"] - probabilities).max() < 1e-4, shape
+        assert np.abs(outputs["uncertainty"] - uncertainty).max() < 1e-4, shape
+        decisive = _decisive(probabilities)
+        np.testing.assert_array_equal(outputs["class_map"][decisive], class_map[decisive])
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+def test_realtime_presets_share_the_recipes_and_validate_the_backbone():
+    for name, base in [("realtime", "synthetic"), ("realtime-cityscapes", "cityscapes"),
+                       ("realtime-mapillary", "mapillary")]:
+        config, recipe = preset(name), preset(base)
+        assert config.backbone == "mobilenetv3_large" and config.separable is True
+        assert config.backbone in names.BACKBONES
+        same = {k for k in ("dataset", "num_classes", "crop_size", "batch_size", "epochs",
+                            "learning_rate", "weight_decay", "fusion")}
+        assert {k: getattr(config, k) for k in same} == {k: getattr(recipe, k) for k in same}
+        assert config.run_dir != recipe.run_dir
+    assert RunConfig.from_dict(preset("realtime").to_dict()) == preset("realtime")
