@@ -89,6 +89,21 @@ def test_confident_low_scale_keeps_its_class_split_low_scale_defers_to_high(mode
     assert fused[0, 0, 1].argmax() == 2  # low scale split 0.45/0.45: the high scale's class wins
 
 
+@pytest.mark.parametrize("mode", ["elementwise", "confidence"])
+def test_eq1_decides_pixels_where_average_and_max_disagree_with_it(mode):
+    """Pixel 0: a fairly sure low scale (0.7) against a split high scale: eq. 1 keeps the low
+    scale's class where averaging follows the high scale. Pixel 1: a split low scale: eq. 1
+    adds the high scale's 0.4 to the low scale's 0.5 where max takes the high scale's 0.6."""
+    s_lo = np.array([[[[0.7, 0.3, 0.0], [0.5, 0.5, 0.0]]]], "float32")
+    s_hi = np.array([[[[0.0, 0.5, 0.5], [0.0, 0.4, 0.6]]]], "float32")
+    eq1 = np.asarray(fusion.UncertaintyFusion(mode=mode)([s_lo, s_hi]))[0, 0].argmax(-1)
+    average = np.asarray(fusion.AverageFusion()([s_lo, s_hi]))[0, 0].argmax(-1)
+    maximum = np.asarray(fusion.MaxFusion()([s_lo, s_hi]))[0, 0].argmax(-1)
+    np.testing.assert_array_equal(eq1, [0, 1])
+    np.testing.assert_array_equal(average, [1, 1])
+    np.testing.assert_array_equal(maximum, [0, 2])
+
+
 @pytest.mark.parametrize("name", sorted(fusion.FUSIONS))
 def test_every_fusion_round_trips_its_config(scales, name):
     s_lo, s_hi = scales

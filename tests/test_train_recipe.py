@@ -39,13 +39,25 @@ def test_optimizer_learning_rate_follows_the_schedule_while_training():
     np.testing.assert_allclose(seen, [0.1 * (1 - s / 20) ** 0.9 for s in range(12)], rtol=1e-5)
 
 
-def test_weight_decay_is_decoupled_lr_times_wd_times_w():
-    # Zero gradient: only the decay acts, w <- w - lr * wd * w each step (Keras's definition).
-    opt = keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)
-    w = keras.Variable(np.full(2, 3.0, np.float32))
-    for _ in range(3):
-        opt.apply_gradients([(np.zeros(2, np.float32), w)])
-    np.testing.assert_allclose(w.numpy(), 3.0 * (1 - 0.1 * 5e-4) ** 3, rtol=1e-6)
+def test_make_optimizer_decays_weights_before_the_momentum_step():
+    """Our optimizer against a numpy SGD: each step w <- w - lr_t * wd * w, then the momentum
+    update m <- 0.9 m - lr_t * g, w <- w + m, with lr_t the polynomial decay (L2 in the gradient
+    or decay after the step would give other weights)."""
+    from synergyseg.training import recipe
+    lr0, wd, steps, total = 0.1, 0.05, 4, 10
+    opt = recipe.make_optimizer(total, learning_rate=lr0, weight_decay=wd)
+    w = keras.Variable(np.array([3.0, -2.0], np.float32))
+    grads = np.array([[0.5, 1.0], [-0.2, 0.3], [0.1, -0.4], [0.7, 0.0]], np.float32)
+    for g in grads:
+        opt.apply_gradients([(g, w)])
+    ref_w, m = np.array([3.0, -2.0]), np.zeros(2)
+    for step, g in enumerate(grads):
+        lr = lr0 * (1 - step / total) ** recipe.POLY_POWER
+        ref_w = ref_w - lr * wd * ref_w
+        m = recipe.MOMENTUM * m - lr * g
+        ref_w = ref_w + m
+    np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-5)
+    assert steps == len(grads) and opt.momentum == recipe.MOMENTUM
 
 
 def _probabilities(rng, shape):

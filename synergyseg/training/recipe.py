@@ -36,9 +36,9 @@ def make_optimizer(decay_steps, learning_rate=LEARNING_RATE, end_learning_rate=0
                    warmup_steps=0, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, clipnorm=None):
     """SGD with momentum, decoupled weight decay and the polynomial (warm-up) schedule.
 
-    Keras applies `weight_decay` as `w -= lr * weight_decay * w` after the momentum update;
-    the paper's frameworks add `weight_decay * w` to the gradient (L2), which then also flows
-    through the momentum buffer. Batch-norm scales/offsets and biases are decayed too, as in
+    Keras applies `weight_decay` as `w -= lr * weight_decay * w` before each momentum update
+    (decoupled, tested against numpy); the paper's frameworks add `weight_decay * w` to the
+    gradient (L2), which then also flows through the momentum buffer. Batch-norm scales/offsets and biases are decayed too, as in
     the paper's frameworks with default settings.
     """
     schedule = WarmupPolynomialDecay(learning_rate, decay_steps, end_learning_rate=end_learning_rate,
