@@ -132,3 +132,19 @@ def test_mixed_precision_with_xla_on_a_cpu_is_refused_up_front(data_dir, tmp_pat
                     mixed_precision=True, jit_compile=True, **TINY)
     with pytest.raises(ValueError, match="cannot be combined on a CPU-only machine"):
         train(config, log=lambda *a: None)
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(tmp_path):
+    run = tmp_path / "run"
+    config = preset("cityscapes", data_dir=str(tmp_path / "empty"), run_dir=str(run))
+    with pytest.raises(FileNotFoundError, match="matches no TFRecord files"):
+        train(config, log=lambda *a: None)
+    assert not run.exists() or not list(run.iterdir())
+    # A run folder that an earlier version left with only config.json (no epoch finished) takes
+    # another configuration: here too the data check is the only complaint.
+    run.mkdir(exist_ok=True)
+    config.replace(batch_size=1).to_json(run / "config.json")
+    (run / "history.csv").write_text("")  # what CSVLogger left after a kill in epoch 1
+    with pytest.raises(FileNotFoundError, match="matches no TFRecord files"):
+        train(config, log=lambda *a: None)
+    assert not (run / "config.json").exists() and not (run / "history.csv").exists()

@@ -5,15 +5,15 @@ ignore. Everything after the file read is TF ops, so the pipeline runs in parall
 tf.distribute.
 """
 
+import contextlib
 import glob
 import os
 import re
 
-import numpy as np
 import tensorflow as tf
 
 from synergyseg.data import augment as augment_lib
-from synergyseg.data.info import IGNORE_LABEL
+from synergyseg.data.info import lookup_table
 from synergyseg.data.tfrecord import decode_example
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -26,7 +26,7 @@ def list_files(file_pattern):
     if isinstance(file_pattern, (str, os.PathLike)):
         files = sorted(glob.glob(os.fspath(file_pattern)))
         if not files:
-            raise FileNotFoundError(f"file_pattern {os.fspath(file_pattern)!r} matches no files")
+            raise FileNotFoundError(f"{os.fspath(file_pattern)!r} matches no TFRecord files")
         return files
     files = [os.fspath(f) for f in file_pattern]
     if not files:
@@ -59,19 +59,28 @@ def verify_records(file_pattern, *, decode=True):
     return count
 
 
-def label_lookup_table(label_map):
-    """A 256-entry int32 table from `label_map` (sequence or dict id -> id); unlisted ids -> 255.
+@contextlib.contextmanager
+def naming_bad_records(*file_patterns):
+    """Re-raises tf.data's "corrupted record at 0" / "Invalid PNG data" as an error naming the file.
 
-    255 always maps to 255: ignored pixels stay ignored whatever the map says.
+    tf.data's errors do not say which shard is bad; on such an error this reads `file_patterns`
+    with `verify_records` (CRC first, then decoding) and raises its ValueError, which does.
     """
-    table = np.full(256, IGNORE_LABEL, np.int32)
-    items = label_map.items() if isinstance(label_map, dict) else enumerate(np.asarray(label_map))
-    for src, dst in items:
-        if not (0 <= int(src) < 256 and 0 <= int(dst) <= IGNORE_LABEL):
-            raise ValueError(f"label_map entry {int(src)} -> {int(dst)} is outside 0..255")
-        table[int(src)] = int(dst)
-    table[IGNORE_LABEL] = IGNORE_LABEL
-    return tf.constant(table)
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        for decode in (False, True):
+            for pattern in file_patterns:
+                try:
+                    verify_records(pattern, decode=decode)
+                except ValueError as named:
+                    raise named from error
+        raise
+
+
+def label_lookup_table(label_map):
+    """`info.lookup_table(label_map)` as an int32 tensor for tf.gather."""
+    return tf.constant(lookup_table(label_map), tf.int32)
 
 
 def _to_model_types(image, label, table):
@@ -81,7 +90,7 @@ def _to_model_types(image, label, table):
     return tf.cast(image, tf.float32), label
 
 
-def train_batches(examples, batch_size, crop_size, *, scale_range=(0.5, 2.0), flip=True,
+def train_batches(examples, batch_size, crop_size, *, scale_range=augment_lib.SCALE_RANGE, flip=True,
                   jitter=False, label_map=None, seed=None):
     """Augment and batch a dataset of `(image uint8 (H, W, 3), label (H, W))` for training.
 
@@ -93,7 +102,7 @@ def train_batches(examples, batch_size, crop_size, *, scale_range=(0.5, 2.0), fl
     # One random integer per example seeds its stateless augmentation, so results do not depend
     # on which parallel map call handles the example.
     randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    base = tf.constant(0 if seed is None else seed, tf.int64)
+    base = tf.cast(0 if seed is None else seed, tf.int64)  # a Python int or a tensor
 
     def transform(example, random):
         image, label = augment_lib.augment(
@@ -126,7 +135,29 @@ def eval_batches(examples, batch_size=1, *, resize_factor=None, label_map=None):
     return examples.map(transform, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
 
 
-def train_dataset(file_pattern, batch_size, crop_size=(512, 1024), *, scale_range=(0.5, 2.0),
+def _shuffled_batches(files, batch_size, crop_size, *, scale_range, flip, jitter, label_map, seed,
+                      shuffle_buffer, input_context):
+    """One shuffled, augmented pass over `files`; `seed` may be a tensor (see `train_epochs`)."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        if len(files) < input_context.num_input_pipelines:
+            raise ValueError(
+                f"{len(files)} files cannot be sharded over {input_context.num_input_pipelines} "
+                f"input pipelines; write at least that many shards")
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), _CYCLE_LENGTH),
+                       num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    # Shuffle serialized records, not decoded images: they are many times smaller.
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(decode_example, num_parallel_calls=AUTOTUNE)
+    ds = train_batches(ds, batch_size, crop_size, scale_range=scale_range, flip=flip,
+                       jitter=jitter, label_map=label_map, seed=seed)
+    return ds
+
+
+def train_dataset(file_pattern, batch_size, crop_size, *, scale_range=augment_lib.SCALE_RANGE,
                   flip=True, jitter=False, label_map=None, seed=None, shuffle_buffer=256,
                   input_context=None):
     """Training batches from TFRecord shards: shuffled, augmented, cropped to `crop_size`.
@@ -152,27 +183,49 @@ def train_dataset(file_pattern, batch_size, crop_size=(512, 1024), *, scale_rang
         ds = train_dataset("data/synthetic/train-*.tfrecord", 8, (256, 512), seed=0)
         model.fit(ds, epochs=10)
     """
-    files = list_files(file_pattern)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        if len(files) < input_context.num_input_pipelines:
-            raise ValueError(
-                f"{len(files)} files cannot be sharded over {input_context.num_input_pipelines} "
-                f"input pipelines; write at least that many shards")
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        batch_size = input_context.get_per_replica_batch_size(batch_size)
-    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), _CYCLE_LENGTH),
-                       num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
-    # Shuffle serialized records, not decoded images: they are many times smaller.
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(decode_example, num_parallel_calls=AUTOTUNE)
-    ds = train_batches(ds, batch_size, crop_size, scale_range=scale_range, flip=flip,
-                       jitter=jitter, label_map=label_map, seed=seed)
+    ds = _shuffled_batches(list_files(file_pattern), batch_size, crop_size, scale_range=scale_range,
+                           flip=flip, jitter=jitter, label_map=label_map, seed=seed,
+                           shuffle_buffer=shuffle_buffer, input_context=input_context)
     options = tf.data.Options()
     # Without a seed, let parallel stages hand out whichever element is ready first.
     options.deterministic = seed is not None
     return ds.with_options(options)
+
+
+# Epoch e of a run with seed s draws its batches from seed s * _EPOCH_SEED_STRIDE + e.
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+def train_epochs(file_pattern, batch_size, crop_size, *, steps_per_epoch, epochs, initial_epoch=0,
+                 seed=0, scale_range=augment_lib.SCALE_RANGE, flip=True, jitter=False,
+                 label_map=None, shuffle_buffer=256, input_context=None):
+    """`train_dataset` for `model.fit(..., initial_epoch=initial_epoch, epochs=epochs)`.
+
+    Epoch e is the first `steps_per_epoch` batches of passes seeded by (seed, e) alone, so a run
+    resumed at epoch e sees exactly the batches an uninterrupted run sees there (a seeded
+    `repeat()` stream would replay epoch 0's). Yields (epochs - initial_epoch) * steps_per_epoch
+    batches; the other arguments are `train_dataset`'s.
+
+    Example:
+        ds = train_epochs("data/synthetic/train-*.tfrecord", 8, (128, 256), steps_per_epoch=50,
+                          epochs=15, initial_epoch=4, seed=0)
+        model.fit(ds, epochs=15, initial_epoch=4, steps_per_epoch=50)
+    """
+    files = list_files(file_pattern)
+
+    def one_epoch(epoch):
+        # This traced function's own graph-level seed: fixed and non-zero, so the batches depend
+        # on the epoch seed alone, and TF's seed helper never compares a tensor seed with 0.
+        tf.random.set_seed(_EPOCH_SEED_STRIDE)
+        epoch_seed = tf.constant(seed, tf.int64) * _EPOCH_SEED_STRIDE + epoch
+        passes = _shuffled_batches(
+            files, batch_size, crop_size, scale_range=scale_range, flip=flip, jitter=jitter,
+            label_map=label_map, seed=epoch_seed, shuffle_buffer=shuffle_buffer,
+            input_context=input_context)
+        return passes.repeat().take(steps_per_epoch)
+
+    epochs_ds = tf.data.Dataset.range(initial_epoch, epochs, output_type=tf.int64)
+    return epochs_ds.flat_map(one_epoch).prefetch(AUTOTUNE)
 
 
 def eval_dataset(file_pattern, batch_size=1, *, resize_factor=None, label_map=None, limit=None):

@@ -86,19 +86,42 @@ class LogLearningRate(keras.callbacks.Callback):
 
 
 class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
-    """Keras's TerminateOnNaN that raises an error saying which step failed and what to try."""
+    """Keras's TerminateOnNaN that raises an error saying which step failed, what to try, and
+    where the last good state is (`backup`: the run's `RunBackup`, whose saves check every
+    variable, batch-norm statistics included, for NaN)."""
 
-    def __init__(self):
+    def __init__(self, backup=None):
         super().__init__(raise_error=True)
+        self.backup = backup
 
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(loss)):
             step = int(self.model.optimizer.iterations.numpy())
+            where = self.backup.describe() if self.backup is not None else ""
             raise FloatingPointError(
                 f"Training loss became {float(loss)} at step {step} (batch {batch}); stopping. "
                 "Try a lower learning_rate, --clipnorm 1.0, a warm-up (--warmup-steps), or "
-                "training without --mixed-precision. The last good state is in RUN/backup.")
+                f"training without --mixed-precision, in a new --run-dir. {where}".rstrip())
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Commits the run's state and the epoch's logs to a `RunBackup` at each epoch end.
+
+    Replaces BackupAndRestore and CSVLogger: one atomic commit holds the weights, the epoch count
+    and the history rows, so history.csv and the backup agree whatever instant a kill comes.
+    Put it after every callback that adds to the logs, and after the best-model checkpoint (a
+    kill between the two then redoes the epoch, which writes the same best model again).
+    """
+
+    def __init__(self, backup):
+        super().__init__()
+        self.backup = backup
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        self.backup.save(epoch + 1, self.backup.rows + [row])
 
 
 class SafeModelCheckpoint(keras.callbacks.ModelCheckpoint):

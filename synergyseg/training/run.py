@@ -5,8 +5,8 @@
     result = train(preset("synthetic", epochs=2, run_dir="runs/try"))
 
 Run folder: config.json, best.keras (best val_mean_iou), final.keras, history.csv,
-training_curves.png, metrics.json, backup/ (BackupAndRestore, removed when training ends),
-tensorboard/.
+training_curves.png, metrics.json, backup/ (the last finished epoch's state, see backup.py;
+removed once final.keras and metrics.json are written), tensorboard/.
 """
 
 import glob
@@ -20,6 +20,7 @@ import tensorflow as tf
 
 import synergyseg
 from synergyseg.training import callbacks as cb
+from synergyseg.training.backup import RunBackup
 from synergyseg.atomic import atomic_output, write_json
 from synergyseg import data
 from synergyseg.training.config import dataset_info
@@ -90,12 +91,12 @@ def steps_per_epoch(config, global_batch, log=print):
     return steps
 
 
-def _train_dataset(config, global_batch, input_context=None):
-    ds = data.train_dataset(
-        config.train_files, global_batch, config.crop_size, scale_range=config.scale_range,
+def _train_dataset(config, global_batch, steps, initial_epoch=0, input_context=None):
+    """Batches of epochs initial_epoch.. (each a function of the seed and its index alone)."""
+    return data.pipeline.train_epochs(
+        config.train_files, global_batch, config.crop_size, steps_per_epoch=steps,
+        epochs=config.epochs, initial_epoch=initial_epoch, scale_range=config.scale_range,
         flip=config.flip, jitter=config.jitter, seed=config.seed, input_context=input_context)
-    # Repeat so every epoch has exactly steps_per_epoch steps, also after a resume.
-    return ds.repeat()
 
 
 def _with_dict_labels(ds, model):
@@ -105,8 +106,17 @@ def _with_dict_labels(ds, model):
 
 
 def val_dataset(config, batch_size=1):
-    return data.eval_dataset(config.val_files, batch_size, resize_factor=config.eval_resize_factor,
-                             limit=config.val_limit)
+    """The validation batches, with their count known to tf.data.
+
+    Keras learns an unknown count only by running out of data, and then warns "Your input ran out
+    of data" after every validation; a known count makes each epoch's pass end cleanly.
+    """
+    examples = count_examples(config.val_files)
+    if config.val_limit is not None:
+        examples = min(examples, config.val_limit)
+    ds = data.eval_dataset(config.val_files, batch_size, resize_factor=config.eval_resize_factor,
+                           limit=config.val_limit)
+    return ds.apply(tf.data.experimental.assert_cardinality(-(-examples // batch_size)))
 
 
 def _first_val_examples(config, count):
@@ -117,17 +127,17 @@ def _first_val_examples(config, count):
     return np.stack(images), np.stack(labels)
 
 
-def _best_so_far(history_csv, key="val_mean_iou"):
+def _best_so_far(rows, key="val_mean_iou"):
     """Best `key` a resumed run already recorded, so its first new epoch cannot overwrite best.keras."""
-    if not os.path.exists(history_csv):
-        return None
-    from synergyseg.training.curves import read_history
-    values = [v for v in read_history(history_csv).get(key, []) if np.isfinite(v)]
+    values = [row[key] for row in rows if key in row and np.isfinite(row[key])]
     return max(values) if values else None
 
 
-def make_callbacks(config, model, fit_model, info, extra=()):
-    """The run's callbacks, in the order they must run (per-class IoU before the loggers)."""
+def make_callbacks(config, model, fit_model, info, backup, extra=()):
+    """The run's callbacks, in the order they must run (per-class IoU before the backup's commit).
+
+    `backup` is the run's restored `RunBackup`; its commit writes history.csv.
+    """
     run = config.run_dir
     history_csv = os.path.join(run, "history.csv")
     callbacks = []
@@ -136,12 +146,11 @@ def make_callbacks(config, model, fit_model, info, extra=()):
     callbacks += [
         cb.PerClassIoU(info.class_names),
         cb.LogLearningRate(),
-        cb.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(os.path.join(run, "backup")),
+        cb.TerminateOnNaN(backup),
         cb.SafeModelCheckpoint(os.path.join(run, "best.keras"), monitor="val_mean_iou", mode="max",
                                save_best_only=True,
-                               initial_value_threshold=_best_so_far(history_csv)),
-        keras.callbacks.CSVLogger(history_csv, append=True),
+                               initial_value_threshold=_best_so_far(backup.rows)),
+        cb.EpochBackup(backup),
         keras.callbacks.TensorBoard(os.path.join(run, "tensorboard"), write_graph=False),
     ]
     if config.tensorboard_images:
@@ -153,9 +162,27 @@ def make_callbacks(config, model, fit_model, info, extra=()):
     return callbacks + list(extra)
 
 
-def _check_run_dir(config):
-    """Refuses a run folder that holds another run, or a finished one (nothing is overwritten)."""
+def _has_progress(run_dir):
+    """True once a run folder holds a finished epoch (a backup state) or a finished run."""
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in (
+        os.path.join("backup", "state.json"), "final.keras",
+        # Keras's BackupAndRestore, used by earlier versions.
+        os.path.join("backup", "training_metadata.json")))
+
+
+def _check_run_dir(config, log=print):
+    """Refuses a run folder that holds another run, or a finished one (nothing is overwritten).
+
+    A folder whose run never finished an epoch holds nothing to keep: a corrected command may
+    start again there, with another configuration too.
+    """
     saved = os.path.join(config.run_dir, "config.json")
+    if os.path.exists(saved) and not _has_progress(config.run_dir):
+        log(f"{config.run_dir}: no epoch finished there yet; starting the run afresh")
+        for name in ("config.json", "history.csv", "best.keras"):
+            if os.path.exists(os.path.join(config.run_dir, name)):
+                os.remove(os.path.join(config.run_dir, name))
+        return
     if os.path.exists(saved):
         with open(saved) as f:
             previous = json.load(f)
@@ -166,6 +193,23 @@ def _check_run_dir(config):
     if os.path.exists(os.path.join(config.run_dir, "final.keras")) and not os.path.isdir(
             os.path.join(config.run_dir, "backup")):
         raise ValueError(f"{config.run_dir} holds a finished run (final.keras); pass another --run-dir")
+    if os.path.exists(os.path.join(config.run_dir, "backup", "training_metadata.json")):
+        raise ValueError(
+            f"{config.run_dir}/backup was written by an earlier synergyseg (Keras BackupAndRestore), "
+            "which this version cannot resume; pass another --run-dir")
+
+
+def _check_inputs(config):
+    """Fails on missing data or weights files before anything is written into the run folder."""
+    data.list_files(config.train_files)
+    data.list_files(config.val_files)
+    if config.backbone_weights and not os.path.isfile(config.backbone_weights):
+        raise FileNotFoundError(f"backbone_weights file not found: {config.backbone_weights}")
+
+
+def _write_config(config):
+    os.makedirs(config.run_dir, exist_ok=True)
+    config.to_json(os.path.join(config.run_dir, "config.json"))
 
 
 def save_model(model, path):
@@ -181,7 +225,8 @@ def evaluate_model(model, config, info, log=print):
     """
     model = inference_model(model)
     # A loss too: Keras's evaluate refuses a freshly built model compiled with metrics only.
-    model.compile(loss=segmentation_loss(), metrics=[mean_iou(config.num_classes)], jit_compile=False)
+    model.compile(optimizer=None, loss=segmentation_loss(), metrics=[mean_iou(config.num_classes)],
+                  jit_compile=False)
     model.evaluate(val_dataset(config), verbose=0)
     confusion = cb.find_mean_iou(model).total_cm.numpy()
     per_class = cb.iou_per_class(confusion)
@@ -214,10 +259,9 @@ def train(config, *, extra_callbacks=(), log=print):
         raise ValueError("mixed_precision and jit_compile cannot be combined on a CPU-only machine; "
                          "drop one of them (both work together on GPUs)")
     info = dataset_info(config)
-    _check_run_dir(config)
-    os.makedirs(config.run_dir, exist_ok=True)
-    config.to_json(os.path.join(config.run_dir, "config.json"))
+    _check_run_dir(config, log)
     ensure_synthetic_data(config, log)
+    _check_inputs(config)
     keras.utils.set_random_seed(config.seed)
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
@@ -234,17 +278,34 @@ def train(config, *, extra_callbacks=(), log=print):
         with strategy.scope():
             fit_model.compile(optimizer=optimizer, jit_compile=config.jit_compile,
                               **compile_arguments(config.num_classes, config.aux_loss_weight))
+            # Built now so the backup can restore its slots and step before the first batch.
+            optimizer.build(fit_model.trainable_variables)
+        # The model and the data are in place: only now does the run folder get its config.
+        _write_config(config)
+        backup = RunBackup(os.path.join(config.run_dir, "backup"),
+                           list(fit_model.variables) + list(optimizer.variables),
+                           history_csv=os.path.join(config.run_dir, "history.csv"))
+        initial_epoch, _ = backup.restore()
+        if initial_epoch:
+            log(f"Resuming after epoch {initial_epoch} of {config.epochs} from {backup.directory}")
         val_batch = strategy.num_replicas_in_sync
-        history = fit_model.fit(
-            _with_dict_labels(_train_dataset(config, global_batch), fit_model),
-            epochs=config.epochs, steps_per_epoch=steps,
-            validation_data=_with_dict_labels(val_dataset(config, val_batch), fit_model),
-            callbacks=make_callbacks(config, model, fit_model, info, extra_callbacks), verbose=2)
+        train_files, val_files = config.train_files, config.val_files
+        with data.pipeline.naming_bad_records(train_files, val_files):
+            history = fit_model.fit(
+                _with_dict_labels(_train_dataset(config, global_batch, steps, initial_epoch),
+                                  fit_model),
+                epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                validation_data=_with_dict_labels(val_dataset(config, val_batch), fit_model),
+                callbacks=make_callbacks(config, model, fit_model, info, backup, extra_callbacks),
+                verbose=2,
+                shuffle=False)  # the tf.data pipeline shuffles; fit's own flag does not apply to it
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     save_model(inference_model(model), os.path.join(config.run_dir, "final.keras"))
     metrics = evaluate_model(model, config, info, log)
     write_json(os.path.join(config.run_dir, "metrics.json"), metrics)
+    # Last: until final.keras and metrics.json exist, a rerun resumes from the backup.
+    backup.delete()
     return {"history": history.history, "metrics": metrics,
             "steps": int(optimizer.iterations.numpy()), "seconds": time.time() - start}
 
@@ -257,7 +318,7 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
     callbacks = [keras.callbacks.CSVLogger(os.path.join(run, "history.csv"))] if chief else []
     losses = train_multi_worker(
         model, optimizer, segmentation_loss(),
-        lambda context: _train_dataset(config, config.batch_size * strategy.num_replicas_in_sync,
+        lambda context: _train_dataset(config, config.batch_size * strategy.num_replicas_in_sync, steps, 0,
                                        context),
         epochs=config.epochs, steps_per_epoch=steps, strategy=strategy, callbacks=callbacks,
         log=log if chief else (lambda *_: None))
