@@ -7,6 +7,7 @@
 """
 
 import argparse
+import sys
 
 from synergyseg.data import cityscapes
 
@@ -19,10 +20,17 @@ def main():
     parser.add_argument("--num-shards", type=int, default=16, help="shards per split")
     parser.add_argument("--image-format", choices=["png", "jpeg"], default="png",
                         help="png: the original files as is; jpeg: quality 95, faster to decode")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse label ids the dataset does not define (default: store them "
+                             "as 255 and print how many pixels)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args()
-    cityscapes.convert(args.root, args.out, splits=args.splits, num_shards=args.num_shards,
-                       image_format=args.image_format, workers=args.workers)
+    try:
+        cityscapes.convert(args.root, args.out, splits=args.splits, num_shards=args.num_shards,
+                           image_format=args.image_format, strict=args.strict,
+                           workers=args.workers)
+    except (ValueError, OSError) as e:  # a bad file or folder: named in the message
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Splits "training" and "validation" are written as train-*.tfrecord and val-*.tfr
 """
 
 import argparse
+import sys
 
 from synergyseg.data import mapillary
 
@@ -19,10 +20,17 @@ def main():
     parser.add_argument("--max-short-side", type=int, default=None,
                         help="shrink images so the shorter side is at most this (e.g. 1024)")
     parser.add_argument("--num-shards", type=int, default=32, help="shards per split")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse label ids the dataset does not define (default: store them "
+                             "as 255 and print how many pixels)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args()
-    mapillary.convert(args.root, args.out, splits=args.splits, max_short_side=args.max_short_side,
-                      num_shards=args.num_shards, workers=args.workers)
+    try:
+        mapillary.convert(args.root, args.out, splits=args.splits,
+                          max_short_side=args.max_short_side, num_shards=args.num_shards,
+                          strict=args.strict, workers=args.workers)
+    except (ValueError, OSError) as e:  # a bad file or folder: named in the message
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

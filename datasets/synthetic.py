@@ -5,6 +5,7 @@
 """
 
 import argparse
+import sys
 
 from synergyseg.data import synthetic
 
@@ -20,9 +21,12 @@ def main():
     parser.add_argument("--num-shards", type=int, default=8, help="training shards")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args()
-    synthetic.generate(args.out, num_train=args.num_train, num_val=args.num_val,
-                       height=args.height, width=args.width, seed=args.seed,
-                       num_shards=args.num_shards, workers=args.workers)
+    try:
+        synthetic.generate(args.out, num_train=args.num_train, num_val=args.num_val,
+                           height=args.height, width=args.width, seed=args.seed,
+                           num_shards=args.num_shards, workers=args.workers)
+    except (ValueError, OSError) as e:  # e.g. a resume with other parameters
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

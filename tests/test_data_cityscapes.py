@@ -78,7 +78,7 @@ def test_jpeg_option_reencodes_images(tmp_path):
     root = str(tmp_path / "cityscapes")
     image, _ = _write_city(root, "val", "ulm", "ulm_000000_000000", size=(16, 16))
     image_path, label_path = cityscapes.find_pairs(root, "val")[0]
-    record, _ = cityscapes.encode_pair((image_path, label_path, "jpeg"))
+    record, _, _ = cityscapes.encode_pair((image_path, label_path, "jpeg"))
     got_image, got_label = data.decode_example(record)
     assert got_image.shape == (16, 16, 3) and got_label.shape == (16, 16)
     feature = tf.train.Example.FromString(record).features.feature
@@ -86,3 +86,54 @@ def test_jpeg_option_reencodes_images(tmp_path):
     assert feature["image/encoded"].bytes_list.value[0][:2] == b"\xff\xd8"  # JPEG magic
     # Lossy, and these images are pure noise: only their mean survives closely.
     assert abs(got_image.numpy().mean() - image.mean()) < 5
+
+
+def _convert_cli(root, out, *extra):
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets",
+                          "cityscapes.py")
+    return subprocess.run([sys.executable, script, "--root", root, "--out", out, "--splits", "val",
+                           "--num-shards", "1", "--workers", "1", *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_truncated_image_is_refused_by_name_and_nothing_is_written(tmp_path):
+    root, out = str(tmp_path / "cityscapes"), str(tmp_path / "out")
+    _write_city(root, "val", "bonn", "bonn_000000_000000", size=(64, 64))
+    image = os.path.join(root, "leftImg8bit", "val", "bonn", "bonn_000000_000000_leftImg8bit.png")
+    with open(image, "r+b") as f:  # what a cut-off copy leaves: the header and part of the data
+        f.truncate(os.path.getsize(image) // 2)
+    result = _convert_cli(root, out)
+    assert result.returncode != 0
+    assert "bonn_000000_000000_leftImg8bit.png: cannot read image" in result.stderr
+    assert not [f for f in os.listdir(out) if "tfrecord" in f]
+
+
+def test_a_16_bit_label_above_255_is_refused(tmp_path):
+    root = str(tmp_path / "cityscapes")
+    _write_city(root, "val", "ulm", "ulm_000000_000000")
+    image_path, label_path = cityscapes.find_pairs(root, "val")[0]
+    ids = np.full((12, 20), 7, np.uint16)
+    ids[0, 0] = 263  # 263 % 256 == 7: road, if it were cast to uint8
+    Image.fromarray(ids).save(label_path)
+    with pytest.raises(ValueError, match="ulm_000000_000000_gtFine_labelIds.png: holds label id 263"):
+        cityscapes.encode_pair((image_path, label_path))
+
+
+def test_ids_outside_the_official_34_are_counted_or_refused_with_strict(tmp_path):
+    root, out = str(tmp_path / "cityscapes"), str(tmp_path / "out")
+    _, ids = _write_city(root, "val", "ulm", "ulm_000000_000000")
+    image_path, label_path = cityscapes.find_pairs(root, "val")[0]
+    ids[:2] = 40  # 2 rows of 20 pixels with an id Cityscapes does not define
+    ids[2, :3] = 254
+    Image.fromarray(ids).save(label_path)
+    summary = cityscapes.convert(root, out, splits=("val",), num_shards=1, workers=1, log=None)
+    assert summary["val"].unknown_pixels == 43 and summary["val"].unknown_images == 1
+    assert "WARNING: 43 pixels in 1 images have label ids" in summary["val"].format(
+        data.CITYSCAPES.class_names)
+    with pytest.raises(ValueError, match=r"labelIds.png: 43 pixels have label ids .*\(40, 254\)"):
+        cityscapes.encode_pair((image_path, label_path, "png", True))
+    result = _convert_cli(root, str(tmp_path / "strict"), "--strict")
+    assert result.returncode != 0 and "43 pixels have label ids" in result.stderr

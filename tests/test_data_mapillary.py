@@ -105,3 +105,17 @@ def test_bad_input(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(rgb)
     with pytest.raises(ValueError, match="rgb.png: expected a palettized"):
         mapillary.read_label_indices(rgb)
+
+
+def test_indices_the_config_does_not_define_are_counted_or_refused_with_strict(tmp_path):
+    root, out = str(tmp_path / "vistas"), str(tmp_path / "out")
+    ids = _write_vistas(root, "validation", "labels", "config.json", n=1)[0]
+    ids[0, :5] = 9  # the config defines indices 0..3
+    label = os.path.join(root, "validation", "labels", "img0.png")
+    _palettized(ids).save(label)
+    summary = mapillary.convert(root, out, splits=("validation",), num_shards=1, workers=1,
+                                log=None)
+    assert summary["val"].unknown_pixels == 5
+    with pytest.raises(ValueError, match=r"img0.png: 5 pixels have label ids .*\(9\)"):
+        mapillary.convert(root, str(tmp_path / "strict"), splits=("validation",), num_shards=1,
+                          strict=True, workers=1, log=None)

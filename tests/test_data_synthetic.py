@@ -4,6 +4,7 @@ failure modes (thin far objects, near objects larger than a small receptive fiel
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -124,3 +125,53 @@ def test_command_line(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "train: 2 images" in result.stdout and "ignored (255)" in result.stdout
     assert os.path.exists(tmp_path / "train-00000-of-00002.tfrecord")
+
+
+def test_a_resume_with_other_parameters_is_refused(tmp_path):
+    kwargs = dict(num_train=2, num_val=1, height=16, width=32, num_shards=1, workers=1, log=None)
+    synthetic.generate(str(tmp_path), **kwargs)
+    synthetic.generate(str(tmp_path), **kwargs)  # the same parameters: resumes (nothing to do)
+    with pytest.raises(FileExistsError, match=r"other parameters \(height: 16 -> 32\)"):
+        synthetic.generate(str(tmp_path), **dict(kwargs, height=32))
+    with pytest.raises(FileExistsError, match=r"items: 2 -> 3"):
+        synthetic.generate(str(tmp_path), **dict(kwargs, num_train=3))
+
+
+def _descendants(pid):
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_converter_leaves_no_live_worker(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "datasets", "synthetic.py"), "--out", str(tmp_path),
+         "--num-train", "400", "--num-val", "1", "--height", "64", "--width", "128",
+         "--num-shards", "4", "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    workers = []
+    deadline = time.time() + 120
+    # Kill once the workers are writing shards (a temporary shard file exists).
+    while time.time() < deadline and not any(".tmp-" in f for f in os.listdir(tmp_path)):
+        workers = _descendants(process.pid) or workers
+        time.sleep(0.2)
+    workers = _descendants(process.pid) or workers
+    assert len(workers) >= 2, "the converter started no worker processes"
+    process.kill()
+    process.wait(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)]

@@ -17,6 +17,8 @@ from synergyseg.data.tfrecord import encode_example
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"
+# The official label ids are 0..33 (cityscapesScripts labels.py); others are not Cityscapes ids.
+_KNOWN_IDS = np.arange(256) < 34
 
 
 def find_pairs(root, split):
@@ -42,16 +44,22 @@ def find_pairs(root, split):
 
 
 def encode_pair(item):
-    """Shard-writer callback: `(image path, labelIds path[, "png" | "jpeg"])` -> (example, histogram).
+    """Shard-writer callback: `(image, labelIds[, "png" | "jpeg"[, strict]])` -> (example,
+    histogram, pixels with ids outside 0..33).
 
     PNG images are stored byte for byte; "jpeg" re-encodes them at quality 95, which decodes
-    several times faster (see BENCHMARKS.md) at the cost of lossy images.
+    several times faster (see BENCHMARKS.md) at the cost of lossy images. Every image is decoded
+    once here, so a truncated or corrupt file fails now, named, not later in training. Ids above
+    255 are refused; ids 34..254 are stored as 255 and counted (`strict`: refused).
     """
-    image_path, label_path, image_format = (tuple(item) + ("png",))[:3]
+    image_path, label_path, *rest = item
+    image_format = rest[0] if rest else "png"
+    strict = bool(rest[1]) if len(rest) > 1 else False
     with open(image_path, "rb") as f:
         image_bytes = f.read()
     try:
         with Image.open(io.BytesIO(image_bytes)) as im:
+            im.load()  # decodes every row: a truncated file fails here
             width, height = im.size
             if image_format == "jpeg":
                 buffer = io.BytesIO()
@@ -61,31 +69,44 @@ def encode_pair(item):
         raise ValueError(f"{image_path}: cannot read image ({e})") from e
     try:
         with Image.open(label_path) as lb:
+            lb.load()
             label_ids = np.asarray(lb)
     except Exception as e:
         raise ValueError(f"{label_path}: cannot read label ({e})") from e
     if label_ids.ndim != 2:
         raise ValueError(f"{label_path}: expected a single-channel labelIds PNG, "
                          f"got shape {label_ids.shape}")
+    if label_ids.size and (label_ids.min() < 0 or label_ids.max() > 255):
+        # A 16-bit PNG: casting to uint8 would wrap id 263 to 7 (road) without a word.
+        raise ValueError(f"{label_path}: holds label id {int(label_ids.max())}; Cityscapes "
+                         "labelIds are 0..33 (8-bit PNG)")
+    label_ids = label_ids.astype(np.uint8)
+    unknown = shards.count_unknown(label_ids, _KNOWN_IDS, label_path, strict)
     if label_ids.shape != (height, width):
         raise ValueError(f"{label_path}: label size {label_ids.shape[1]}x{label_ids.shape[0]} "
                          f"differs from image {image_path} size {width}x{height}")
-    label = CITYSCAPES_ID_TO_TRAIN_ID[label_ids.astype(np.uint8)]
+    label = CITYSCAPES_ID_TO_TRAIN_ID[label_ids]
     buffer = io.BytesIO()
     Image.fromarray(label).save(buffer, format="PNG")
     record = encode_example(image_bytes, buffer.getvalue(), filename=os.path.basename(image_path),
                             height=height, width=width, image_format=image_format)
-    return record, shards.label_histogram(label)
+    return record, shards.label_histogram(label), unknown
 
 
 def convert(root, out_dir, *, splits=("train", "val"), num_shards=16, image_format="png",
-            workers=None, log=print):
-    """Convert Cityscapes splits into shards `<split>-XXXXX-of-YYYYY.tfrecord`; returns summaries."""
+            strict=False, workers=None, log=print):
+    """Convert Cityscapes splits into shards `<split>-XXXXX-of-YYYYY.tfrecord`; returns summaries.
+
+    A corrupt image or label raises ValueError naming the file (finished shards stay, and a rerun
+    resumes); `strict` also refuses label ids outside 0..33 instead of storing them as 255.
+    """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Cityscapes root not found: {root}")
     # Find every pair first so a missing file fails before any work starts.
     pairs_by_split = {split: find_pairs(root, split) for split in splits}
-    items = {split: [(image, label, image_format) for image, label in pairs]
+    items = {split: [(image, label, image_format, strict) for image, label in pairs]
              for split, pairs in pairs_by_split.items()}
     return shards.write_splits(out_dir, items, encode_pair, num_shards=num_shards,
-                               class_names=CITYSCAPES.class_names, workers=workers, log=log)
+                               class_names=CITYSCAPES.class_names, workers=workers,
+                               parameters={"dataset": "cityscapes", "root": os.path.abspath(root),
+                                           "image_format": image_format}, log=log)

@@ -9,6 +9,7 @@ Labels are palettized PNGs; TensorFlow's PNG decoder would return the palette co
 
 import glob
 import io
+import json
 import os
 
 import numpy as np
@@ -52,12 +53,25 @@ def find_pairs(root, split):
 
 def read_label_indices(path):
     """Label indices (H, W) uint8 of a palettized (or already single-channel) label PNG."""
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palettized or single-channel label PNG, "
-                             f"got mode {im.mode!r}")
-        # np.asarray of a "P" image gives the palette indices, which are the label ids.
-        return np.asarray(im, np.uint8)
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise ValueError(f"{path}: expected a palettized or single-channel label PNG, "
+                                 f"got mode {im.mode!r}")
+            im.load()  # decodes every row: a truncated file fails here
+            # np.asarray of a "P" image gives the palette indices, which are the label ids.
+            return np.asarray(im, np.uint8)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read label ({e})") from e
+
+
+def known_indices(config_path):
+    """A bool table per label index: True for the indices the Vistas config defines."""
+    with open(config_path) as f:
+        count = len(json.load(f)["labels"])
+    return np.arange(256) < count
 
 
 def _resized(image, label, max_short_side):
@@ -72,14 +86,21 @@ def _resized(image, label, max_short_side):
 
 
 def encode_pair(item):
-    """Shard-writer callback: `(image, label, id table, max_short_side)` -> (example, histogram)."""
-    image_path, label_path, table, max_short_side = item
+    """Shard-writer callback: `(image, label, id table, max_short_side[, known, strict])` ->
+    (example, histogram, pixels whose index the config does not define).
+
+    Unknown indices become 255 and are counted; with `strict` they raise an error naming the file.
+    """
+    image_path, label_path, table, max_short_side, *rest = item
+    known = rest[0] if rest else np.ones(256, bool)
+    strict = bool(rest[1]) if len(rest) > 1 else False
     try:
         image = Image.open(image_path)
         image.load()
     except Exception as e:
         raise ValueError(f"{image_path}: cannot read image ({e})") from e
     indices = read_label_indices(label_path)
+    unknown = shards.count_unknown(indices, known, label_path, strict)
     if indices.shape != (image.height, image.width):
         raise ValueError(f"{label_path}: label size {indices.shape[1]}x{indices.shape[0]} "
                          f"differs from image {image_path} size {image.width}x{image.height}")
@@ -98,24 +119,30 @@ def encode_pair(item):
     Image.fromarray(label).save(buffer, format="PNG")
     record = encode_example(image_bytes, buffer.getvalue(), filename=os.path.basename(image_path),
                             height=image.height, width=image.width, image_format="jpeg")
-    return record, shards.label_histogram(label)
+    return record, shards.label_histogram(label), unknown
 
 
 def convert(root, out_dir, *, splits=("training", "validation"), max_short_side=None,
-            num_shards=32, workers=None, log=print):
+            num_shards=32, strict=False, workers=None, log=print):
     """Convert Vistas splits to shards named `train-...` and `val-...`; returns summaries.
 
     `max_short_side` (e.g. 1024) shrinks large images so their shorter side is at most that.
+    A corrupt file raises ValueError naming it; label indices the config does not define are
+    stored as 255 and counted (`strict`: refused).
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Mapillary root not found: {root}")
     config = find_config(root)
     table, info = mapillary_id_table(config), mapillary_info(config)
+    known = known_indices(config)
     # Same shard names as every other converter, so train.py needs one pattern per split.
     names = {"training": "train", "validation": "val"}
     # Find every pair first so a missing file fails before any work starts.
     pairs_by_split = {split: find_pairs(root, split) for split in splits}
-    items = {names.get(split, split): [(image, label, table, max_short_side) for image, label in pairs]
+    items = {names.get(split, split): [(image, label, table, max_short_side, known, strict)
+                                       for image, label in pairs]
              for split, pairs in pairs_by_split.items()}
     return shards.write_splits(out_dir, items, encode_pair, num_shards=num_shards,
-                               class_names=info.class_names, workers=workers, log=log)
+                               class_names=info.class_names, workers=workers,
+                               parameters={"dataset": "mapillary", "root": os.path.abspath(root),
+                                           "max_short_side": max_short_side}, log=log)

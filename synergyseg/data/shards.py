@@ -1,17 +1,23 @@
 """Write examples into N TFRecord shards in parallel, atomically and resumably, and summarise them.
 
 A shard is written under a temporary name and renamed only when complete, so an interrupted run
-never leaves a half shard under a final name; running again skips the shards that exist.
+never leaves a half shard under a final name; running again skips the shards that exist, after
+checking that the conversion parameters recorded in the split's manifest
+(`.stats/<split>.manifest.json`) are the ones asked for now. Worker processes die with the
+process that started them (Linux), so a killed converter leaves none behind.
 """
 
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import glob
 import json
 import multiprocessing
 import os
 import re
+import signal
+import sys
 import time
 
 import numpy as np
@@ -45,6 +51,9 @@ class ConversionSummary:
     split: str
     images: int
     pixel_counts: np.ndarray  # (256,) int64
+    # Pixels (and images holding them) whose source id the dataset does not define; stored as 255.
+    unknown_pixels: int = 0
+    unknown_images: int = 0
 
     @property
     def ignored_fraction(self):
@@ -62,7 +71,29 @@ class ConversionSummary:
         if unknown:
             lines.append(f"  WARNING: {unknown} pixels have ids >= {len(class_names)} other than 255")
         lines.append(f"  ignored (255): {100.0 * self.ignored_fraction:.2f}%")
+        if self.unknown_pixels:
+            lines.append(
+                f"  WARNING: {self.unknown_pixels} pixels in {self.unknown_images} images have "
+                "label ids the dataset does not define; they were stored as 255 (ignored). "
+                "Pass --strict to refuse such files.")
         return "\n".join(lines)
+
+
+def count_unknown(ids, known, path, strict):
+    """Pixels of `ids` outside `known` (a bool table per id); with `strict` an error naming `path`.
+
+    255 counts as known: it is the ignore value already.
+    """
+    ids = np.asarray(ids)
+    unknown = ~np.asarray(known, bool)[ids]
+    unknown &= ids != IGNORE_LABEL
+    count = int(unknown.sum())
+    if count and strict:
+        values = np.unique(ids[unknown])
+        raise ValueError(f"{path}: {count} pixels have label ids the dataset does not define "
+                         f"({', '.join(str(v) for v in values[:10])}); drop --strict to store "
+                         "them as 255 (ignored)")
+    return count
 
 
 def _stats_path(out_dir, name):
@@ -77,31 +108,70 @@ def _write_shard(out_dir, split, index, num_shards, items, encode_fn):
     path = os.path.join(out_dir, name)
     tmp = f"{path}.tmp-{os.getpid()}"
     counts = np.zeros(256, np.int64)
+    unknown_pixels = unknown_images = 0
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
             for item in items:
-                record, histogram = encode_fn(item)
+                # encode_fn returns (record, histogram) or (record, histogram, unknown pixels).
+                record, histogram, *unknown = encode_fn(item)
                 writer.write(record)
                 counts += histogram
+                if unknown and unknown[0]:
+                    unknown_pixels += int(unknown[0])
+                    unknown_images += 1
         # Stats first, shard last: a shard under its final name always has its stats.
-        write_text(_stats_path(out_dir, name),
-                           json.dumps({"images": len(items), "pixel_counts": counts.tolist()}))
+        write_text(_stats_path(out_dir, name), json.dumps({
+            "images": len(items), "pixel_counts": counts.tolist(),
+            "unknown_pixels": unknown_pixels, "unknown_images": unknown_images}))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return index, len(items), counts
+    return index, len(items), counts, unknown_pixels, unknown_images
 
 
 def _finished_shard(out_dir, name):
-    """(images, counts) of a shard a previous run completed, or None."""
+    """(index, images, counts, unknown pixels, unknown images) of a finished shard, or None."""
     stats = _stats_path(out_dir, name)
     if not (os.path.exists(os.path.join(out_dir, name)) and os.path.exists(stats)):
         return None
     with open(stats) as f:
         data = json.load(f)
-    return data["images"], np.asarray(data["pixel_counts"], np.int64)
+    return (None, data["images"], np.asarray(data["pixel_counts"], np.int64),
+            data.get("unknown_pixels", 0), data.get("unknown_images", 0))
+
+
+def _check_manifest(out_dir, split, parameters):
+    """Records `parameters` for `split`, or refuses a resume whose parameters differ."""
+    if parameters is None:
+        return
+    path = os.path.join(out_dir, _STATS_DIR, f"{split}.manifest.json")
+    parameters = json.loads(json.dumps(parameters))
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous != parameters:
+            changed = ", ".join(f"{k}: {previous.get(k)!r} -> {parameters.get(k)!r}"
+                                for k in sorted(set(previous) | set(parameters))
+                                if previous.get(k) != parameters.get(k))
+            raise FileExistsError(
+                f"{out_dir} holds {split} shards converted with other parameters ({changed}); "
+                "pass another output folder, or delete that one to convert again")
+        return
+    if glob.glob(os.path.join(out_dir, f"{split}-*.tfrecord")):
+        raise FileExistsError(
+            f"{out_dir} holds {split} shards without a record of their parameters (written by "
+            "an earlier version); pass another output folder, or delete that one to convert again")
+    write_text(path, json.dumps(parameters, indent=2, sort_keys=True) + "\n")
+
+
+def _add(summary, shard):
+    _, images, counts, unknown_pixels, unknown_images = shard
+    summary.images += images
+    summary.pixel_counts += counts
+    summary.unknown_pixels += unknown_pixels
+    summary.unknown_images += unknown_images
 
 
 def _check_no_other_sharding(out_dir, split, num_shards):
@@ -114,24 +184,43 @@ def _check_no_other_sharding(out_dir, split, num_shards):
             f"delete them or pass the same number of shards as before ({num_shards} requested)")
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid):
+    """Worker initializer: the kernel SIGKILLs this worker when its parent dies (Linux).
+
+    Without it a `kill -9` of the converter leaves its workers running (PPID 1) forever.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def worker_pool(workers=None):
     """A process pool to share between `write_shards` calls (None when `workers` is 1).
 
-    spawn, not fork: forking a process that has already run TensorFlow can deadlock.
+    spawn, not fork: forking a process that has already run TensorFlow can deadlock. The
+    workers die with this process.
     """
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         return contextlib.nullcontext(None)
     return concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"))
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+        initargs=(os.getpid(),))
 
 
 def write_splits(out_dir, items_by_split, encode_fn, *, num_shards, class_names, workers=None,
-                 log=print):
+                 parameters=None, log=print):
     """`write_shards` for each split over one shared process pool, logging each split's summary.
 
     `items_by_split` maps a shard name prefix ("train", "val") to its items; `num_shards` is an int
-    or a {split: int}, capped at the split's item count. Empty splits are skipped. Returns the
+    or a {split: int}, capped at the split's item count. Empty splits are skipped. `parameters`
+    (JSON values: what the shards' content depends on) go into each split's manifest with the
+    split's shard and item counts; a resume with other parameters is refused. Returns the
     summaries by split.
     """
     summaries = {}
@@ -140,16 +229,19 @@ def write_splits(out_dir, items_by_split, encode_fn, *, num_shards, class_names,
             if not items:
                 continue
             count = num_shards[split] if isinstance(num_shards, dict) else num_shards
-            summaries[split] = write_shards(out_dir, split, items, encode_fn,
-                                            num_shards=min(count, len(items)), workers=workers,
-                                            pool=pool, log=log)
+            count = min(count, len(items))
+            split_parameters = None if parameters is None else dict(
+                parameters, num_shards=count, items=len(items))
+            summaries[split] = write_shards(out_dir, split, items, encode_fn, num_shards=count,
+                                            workers=workers, pool=pool,
+                                            parameters=split_parameters, log=log)
             if log:
                 log(summaries[split].format(class_names))
     return summaries
 
 
 def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, pool=None,
-                 log=print):
+                 parameters=None, log=print):
     """Encode `items` with `encode_fn` into `num_shards` TFRecord files in `out_dir`.
 
     Args:
@@ -161,6 +253,8 @@ def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, 
         workers: processes to use (default: CPU count); 1 encodes in this process.
         pool: an executor from `worker_pool` to reuse (then `workers` is ignored); starting
             processes that import TensorFlow takes seconds, so converters share one per run.
+        parameters: JSON values the content depends on, kept in the split's manifest; a resume
+            with other parameters raises FileExistsError (None: not checked).
         log: where progress lines go (`print` by default; `None` for silence).
 
     Returns:
@@ -171,6 +265,7 @@ def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, 
     log = log or (lambda *_: None)
     os.makedirs(os.path.join(out_dir, _STATS_DIR), exist_ok=True)
     _check_no_other_sharding(out_dir, split, num_shards)
+    _check_manifest(out_dir, split, parameters)
     # Temporary files left by a killed run are not shards; remove them before starting again.
     for stale in glob.glob(os.path.join(out_dir, f"{split}-*.tfrecord.tmp-*")):
         os.remove(stale)
@@ -182,8 +277,7 @@ def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, 
         if done is None:
             todo.append(index)
         else:
-            summary.images += done[0]
-            summary.pixel_counts += done[1]
+            _add(summary, done)
     if len(todo) < num_shards:
         log(f"[{split}] resuming: {num_shards - len(todo)} of {num_shards} shards already written")
 
@@ -191,9 +285,7 @@ def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, 
     total = len(items)
 
     def record(result, finished):
-        _, images, counts = result
-        summary.images += images
-        summary.pixel_counts += counts
+        _add(summary, result)
         log(f"[{split}] shard {finished}/{len(todo)} written, {summary.images}/{total} images, "
             f"{time.time() - start:.1f}s")
 

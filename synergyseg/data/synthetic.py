@@ -328,5 +328,8 @@ def generate(out_dir, *, num_train=400, num_val=50, height=256, width=512, seed=
                       image_format) for i in range(count)]
              for split, split_id, count in (("train", 0, num_train), ("val", 1, num_val))}
     split_shards = {"train": num_shards, "val": min(num_shards, max(1, num_val // 25))}
+    parameters = {"dataset": "synthetic", "height": height, "width": width, "seed": seed,
+                  "image_format": image_format}
     return shards.write_splits(out_dir, items, encode_scene, num_shards=split_shards,
-                               class_names=SYNTHETIC.class_names, workers=workers, log=log)
+                               class_names=SYNTHETIC.class_names, workers=workers,
+                               parameters=parameters, log=log)

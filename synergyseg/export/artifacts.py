@@ -62,6 +62,37 @@ def _dir_size(path):
                for root, _, files in os.walk(path) for f in files)
 
 
+def _staging_prefix(out_dir):
+    return f".{os.path.basename(os.path.abspath(out_dir))}.export-"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir):
+    """Deletes the hidden staging folders beside `out_dir` that a killed export left.
+
+    A staging folder's name holds the id of the process that made it; one whose process is gone
+    is stale (a live export's folder is left alone). Returns the paths removed.
+    """
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    prefix = _staging_prefix(out_dir)
+    removed = []
+    for name in os.listdir(parent) if os.path.isdir(parent) else ():
+        pid = name[len(prefix):].split("-", 1)[0]
+        if name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
 def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantizations=QUANTIZATIONS,
                  calibration=None, num_calibration_images=DEFAULT_CALIBRATION_IMAGES, log=print):
     """Exports a trained SynergySeg model as SavedModel, TFLite and ONNX into `out_dir`.
@@ -103,8 +134,8 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
     names = artifact_names(formats, quantizations)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.export-",
-                               dir=parent)
+    remove_stale_staging(out_dir)
+    staging = tempfile.mkdtemp(prefix=_staging_prefix(out_dir) + f"{os.getpid()}-", dir=parent)
     try:
         calibration_set = None
         for step, (artifact, name) in enumerate(names.items(), start=1):
