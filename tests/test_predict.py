@@ -196,6 +196,22 @@ def test_tflite_runs_any_picture_size_at_its_own(exported, val_images):
         segmenter.predict(val_images[0], resize_factor=0.5)
 
 
+def test_class_names_from_the_run_config_else_generic(run_dir, tmp_path):
+    # A model saved without names (as before SynergySeg carried them): its run's dataset names them.
+    bare = synergyseg.build_synergyseg(SYNTHETIC.num_classes, backbone="resnet18", backbone_width=8,
+                                       head_filters=16, low_level_filters=8)
+    (tmp_path / "run").mkdir()
+    bare.save(tmp_path / "run" / "best.keras")
+    (tmp_path / "run" / "config.json").write_text((run_dir / "config.json").read_text())
+    named = synergyseg.Segmenter(tmp_path / "run")
+    assert named.class_names == list(SYNTHETIC.class_names)
+    assert named.palette == [list(c) for c in SYNTHETIC.colors]
+    bare.save(tmp_path / "bare.keras")
+    generic = synergyseg.Segmenter(tmp_path / "bare.keras")
+    assert generic.class_names[:2] == ["class_0", "class_1"]
+    assert len({tuple(c) for c in generic.palette}) == SYNTHETIC.num_classes
+
+
 # --- the command line -------------------------------------------------------------------------
 
 def _run_cli(*args):
