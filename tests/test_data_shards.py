@@ -31,7 +31,7 @@ def test_shard_names():
     assert shards.shard_name("train", 3, 16) == "train-00003-of-00016.tfrecord"
 
 
-def test_interrupted_run_leaves_no_half_shard_and_resumes(tmp_path):
+def test_interrupted_run_leaves_no_half_shard_and_resumes(tmp_path, capsys):
     out = str(tmp_path)
     items = list(range(9))
     broken = items[:4] + ["stop"] + items[5:]  # item 4 lands in shard 1 of 3
@@ -43,8 +43,11 @@ def test_interrupted_run_leaves_no_half_shard_and_resumes(tmp_path):
     lines = []
     summary = shards.write_shards(out, "train", items, _encode, num_shards=3, workers=1,
                                   log=lines.append)
-    assert "resuming: 1 of 3 shards already written" in lines[0]
-    assert len(lines) == 3  # the resume note and two newly written shards
+    assert lines == ["[train] resuming: 1 of 3 shards already written"]
+    # One progress bar for the split (counted in images), not a line per shard.
+    out_text = capsys.readouterr().out
+    assert out_text.count("[train] 9 images in 3 shards") == 1 and "9/9" in out_text
+    assert "shard 2/" not in out_text
     assert _records(os.path.join(out, "train-00001-of-00003.tfrecord")) == [b"1", b"4", b"7"]
     assert summary.images == 9
     assert summary.pixel_counts[1] == sum(items) and summary.pixel_counts[255] == 9

@@ -18,8 +18,8 @@ import os
 import re
 import signal
 import sys
-import time
 
+import keras
 import numpy as np
 
 from synergyseg.atomic import write_text
@@ -255,13 +255,14 @@ def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, 
             processes that import TensorFlow takes seconds, so converters share one per run.
         parameters: JSON values the content depends on, kept in the split's manifest; a resume
             with other parameters raises FileExistsError (None: not checked).
-        log: where progress lines go (`print` by default; `None` for silence).
+        log: where messages go (`print` by default; `None` for silence, and no progress bar).
 
     Returns:
         A `ConversionSummary`. Shards that already exist (from an interrupted run) are skipped.
     """
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    quiet = log is None
     log = log or (lambda *_: None)
     os.makedirs(os.path.join(out_dir, _STATS_DIR), exist_ok=True)
     _check_no_other_sharding(out_dir, split, num_shards)
@@ -281,13 +282,16 @@ def write_shards(out_dir, split, items, encode_fn, *, num_shards, workers=None, 
     if len(todo) < num_shards:
         log(f"[{split}] resuming: {num_shards - len(todo)} of {num_shards} shards already written")
 
-    start = time.time()
-    total = len(items)
+    # One progress bar per split, counted in images (a line per shard would flood the log).
+    bar = None if quiet else keras.utils.Progbar(len(items), unit_name="image")
+    if bar is not None:
+        print(f"[{split}] {len(items)} images in {num_shards} shards")
+        bar.update(summary.images)
 
     def record(result, finished):
         _add(summary, result)
-        log(f"[{split}] shard {finished}/{len(todo)} written, {summary.images}/{total} images, "
-            f"{time.time() - start:.1f}s")
+        if bar is not None:
+            bar.update(summary.images, finalize=finished == len(todo))
 
     jobs = [(out_dir, split, i, num_shards, items[i::num_shards], encode_fn) for i in todo]
     if pool is None and (workers == 1 or len(jobs) <= 1):
