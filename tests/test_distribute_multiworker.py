@@ -1,13 +1,19 @@
-"""Two workers on 127.0.0.1: `train_multi_worker` ends with identical weights; `model.fit` still fails.
+"""Two workers on 127.0.0.1: `train_multi_worker` ends with identical weights, equal to one process
+with the same global batch; a killed worker's run resumes from its checkpoint; `model.fit` still
+fails.
 
-Run as a script, this file is one worker: `python test_distribute_multiworker.py MODE INDEX PORTS OUT`.
+Run as a script, this file is one worker: `python test_distribute_multiworker.py MODE INDEX PORTS OUT`
+(INDEX "single": one process without a cluster).
 """
 
+import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -66,14 +72,97 @@ def test_keras_fit_under_multi_worker_strategy_still_fails_upstream(tmp_path):
         + "\n".join(o[-2000:] for o in outputs))
 
 
+def test_two_workers_train_as_one_process_with_the_same_global_batch(tmp_path):
+    codes, outputs = _run_workers("equal", tmp_path)
+    assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    single = subprocess.run([sys.executable, os.path.abspath(__file__), "equal", "single", "",
+                             str(tmp_path / "single.npz")], env=env, capture_output=True,
+                            text=True, timeout=240)
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    two, one = np.load(tmp_path / "worker0.npz"), np.load(tmp_path / "single.npz")
+    start = np.load(tmp_path / "single.npz.start.npz")
+    assert two["steps"] == one["steps"] == 4
+    for key in start.files:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # Not a trivial match: training moved every convolution kernel (batch norm is frozen here).
+    kernels = [key for key in start.files if key.endswith("kernel")]
+    assert kernels and all(not np.allclose(one[key], start[key]) for key in kernels)
+
+
+def _train_command(data_dir, run_dir):
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--preset", "synthetic",
+            "--strategy", "multiworker", "--data-dir", data_dir, "--run-dir", run_dir,
+            "--no-evaluation", "--backbone-width", "8", "--head-filters", "16",
+            "--low-level-filters", "8", "--crop-size", "32x64", "--batch-size", "2",
+            "--steps-per-epoch", "2", "--epochs", "3", "--tensorboard-images", "0"]
+
+
+def _start_cluster(data_dir, run_dir, ports):
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+                   TF_ENABLE_ONEDNN_OPTS="1", TF_CONFIG=json.dumps({
+                       "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": i}}))
+        procs.append(subprocess.Popen(_train_command(data_dir, run_dir), env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _finish(procs, timeout):
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs], outputs
+
+
+def test_a_killed_worker_stops_the_run_cleanly_and_a_restart_resumes_from_the_checkpoint(tmp_path):
+    from synergyseg import data
+
+    data_dir, run = str(tmp_path / "data"), str(tmp_path / "run")
+    data.synthetic.generate(data_dir, num_train=8, num_val=1, height=32, width=64, seed=0,
+                            num_shards=2, workers=1, log=None)
+    procs = _start_cluster(data_dir, run, _free_ports(2))
+    state = os.path.join(run, "backup", "state.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(state) and procs[0].poll() is None:
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)  # worker 1 dies after epoch 1's checkpoint
+    codes, outputs = _finish(procs, timeout=300)
+    assert codes[1] == -signal.SIGKILL
+    assert codes[0] != 0 and "a worker of the cluster stopped answering" in outputs[0], outputs[0][-3000:]
+    with open(state) as f:
+        saved = json.load(f)["epoch"]
+    assert saved >= 1
+
+    codes, outputs = _finish(_start_cluster(data_dir, run, _free_ports(2)), timeout=400)
+    assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert f"Resuming after epoch {saved} of 3" in outputs[0]
+    with open(os.path.join(run, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and all(r["val_mean_iou"] for r in rows)
+    for name in ("best.keras", "final.keras", "metrics.json"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    assert not os.path.exists(os.path.join(run, "backup"))
+
+
 def _worker(mode, index, ports, out):
-    os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
-        "task": {"type": "worker", "index": int(index)}})
+    if index != "single":
+        os.environ["TF_CONFIG"] = json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
+            "task": {"type": "worker", "index": int(index)}})
     from synergyseg.training.distribute import make_strategy, train_multi_worker
 
     # Before any other TensorFlow op: collectives are configured at program start.
-    strategy = make_strategy("multiworker")
+    strategy = make_strategy("multiworker" if index != "single" else "one")
+    import keras
     import tensorflow as tf
 
     from synergyseg.training.config import preset
@@ -82,12 +171,31 @@ def _worker(mode, index, ports, out):
 
     config = preset("synthetic", backbone="resnet18", backbone_width=8, head_filters=16,
                     low_level_filters=8, learning_rate=0.05)
-    rng = np.random.default_rng(int(index))  # each worker reads different data
-    x = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, (8, 32, 32)).astype("int32")
+    def worker_data(i):
+        rng = np.random.default_rng(i)  # each worker reads different data
+        return (rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+                rng.integers(0, 10, (8, 32, 32)).astype("int32"))
+
+    if mode == "equal":
+        config = config.replace(dropout=0.0)
+        keras.utils.set_random_seed(1)
+    if mode == "equal" and index == "single":
+        # Global batch k: worker 0's batch k, then worker 1's (2 + 2 images).
+        parts = [worker_data(0), worker_data(1)]
+        x = np.concatenate([p[0].reshape(4, 2, 32, 32, 3) for p in parts], 1)
+        y = np.concatenate([p[1].reshape(4, 2, 32, 32) for p in parts], 1)
+        x, y = x.reshape(16, 32, 32, 3), y.reshape(16, 32, 32)
+    else:
+        x, y = worker_data(0 if index == "single" else int(index))
     with strategy.scope():
         model = build_model(config)
         optimizer = make_optimizer(config, total_steps=4)
+    if mode == "equal":
+        # Batch norm normalises each replica's share with its own statistics, which differ from
+        # the global batch's; frozen, the comparison isolates data split, loss scaling, all-reduce.
+        for layer in model._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     weights = lambda: {v.path.replace("/", "."): np.asarray(v.numpy()) for v in model.weights}
     if mode == "fit":
         model.compile(optimizer=optimizer, **compile_arguments(10))

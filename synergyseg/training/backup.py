@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -68,9 +69,10 @@ class RunBackup:
         variables: every variable of the state, in a fixed order (model then optimizer); the
             optimizer must be built so its slots exist.
         history_csv: file rewritten from the rows on each save and restore (None: none).
-        writer: False on a multi-worker run's non-chief workers: they take part in writing (the
-            variables' values are read collectively) into `directory`, which must be a private
-            temporary folder, and never commit.
+        writer: False on a multi-worker run's other workers: they restore from `directory` (the
+            chief's, on a shared file system) and take part in each save (reading a variable
+            may be a collective op) by writing into a temporary folder that is then deleted; they
+            never commit or delete anything in `directory`.
     """
 
     def __init__(self, directory, variables, history_csv=None, writer=True):
@@ -126,11 +128,14 @@ class RunBackup:
                 f"{len(bad)} variables hold NaN or infinity after epoch {epoch} (e.g. {bad[0]}); "
                 f"stopping. {self.describe()} Try a lower learning_rate, --clipnorm 1.0 or a "
                 "warm-up (--warmup-steps) in a new --run-dir.")
+        if not self.writer:
+            with tempfile.TemporaryDirectory(prefix="synergyseg-backup-") as scratch:
+                self._checkpoint.write(os.path.join(scratch, "ckpt"))
+            self.epoch, self.rows = epoch, list(rows)
+            return
         os.makedirs(self.directory, exist_ok=True)
         prefix = self._prefix(epoch)
         self._checkpoint.write(prefix)
-        if not self.writer:
-            return
         _kill_here(epoch, "write", prefix)
         # Python's JSON keeps NaN (e.g. the IoU of a class absent from validation) as NaN.
         write_text(self.state_path, json.dumps(

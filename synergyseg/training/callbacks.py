@@ -124,6 +124,28 @@ class EpochBackup(keras.callbacks.Callback):
         self.backup.save(epoch + 1, self.backup.rows + [row])
 
 
+class BestByScore(keras.callbacks.Callback):
+    """Scores the model after each epoch into `logs[key]`, calling `save` when the score is the best.
+
+    For training loops where Keras cannot validate (the multi-worker step): `score` returns a
+    number (e.g. the validation mean IoU of a single-process copy), `save` writes the best model.
+    Put it before `EpochBackup` so the backup's history row holds the score.
+    """
+
+    def __init__(self, score, save, key="val_mean_iou", best=None):
+        super().__init__()
+        self.score, self.save, self.key = score, save, key
+        self.best = -np.inf if best is None else best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float(self.score())
+        if logs is not None:
+            logs[self.key] = value
+        if value > self.best:
+            self.best = value
+            self.save()
+
+
 class SafeModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """Keras's ModelCheckpoint that never leaves a half-written file at `filepath`.
 

@@ -6,6 +6,7 @@ it fails with Keras 3.15 / TF 2.21 ("Attempt to convert a value (PerReplica:...)
 unsupported type", keras-team/keras#20585; `tests/test_distribute_multiworker.py` shows it),
 so several machines train with `train_multi_worker`: a plain custom step under the same
 strategy (gradients all-reduced by the Keras optimizer), which needs no private Keras code.
+Its checkpoints are the run's `RunBackup` (backup.py), committed by the chief after each epoch.
 """
 
 import json
@@ -54,37 +55,57 @@ def task_index():
     return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
 
 
+# What TensorFlow raises on the surviving workers when a peer dies: MultiWorkerMirroredStrategy's
+# health check aborts the pending collective (UNAVAILABLE), or the collective itself fails.
+WORKER_LOST_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError,
+                      tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                      tf.errors.InternalError)
+
+
+class WorkerLostError(RuntimeError):
+    """A worker of a multi-worker run stopped answering; the run can resume from its backup."""
+
+
 def _non_trainable_floats(model):
     return [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
 
 
 def train_multi_worker(model, optimizer, loss_fn, dataset_fn, *, epochs, steps_per_epoch,
-                       strategy, callbacks=(), log=print):
+                       strategy, callbacks=(), initial_epoch=0, backup=None, log=print):
     """Trains `model` with a custom step under `strategy` (MultiWorkerMirroredStrategy).
 
-    Each replica computes the loss of its share of the global batch, divided by the number of
-    replicas, so the summed gradient the optimizer all-reduces is the global-batch mean. Batch
+    Each replica computes the loss of its share of the global batch, which a Keras mean loss
+    divides by the number of replicas under a strategy, so the summed gradient the optimizer
+    all-reduces is the global-batch mean (a test compares with one process). Batch
     norm statistics stay per replica during an epoch (as in PyTorch DDP without SyncBN) and are
     averaged over replicas at each epoch end, so every worker ends with the same weights.
 
     Args:
         model, optimizer: created inside `strategy.scope()`.
-        loss_fn: a Keras loss (mean over labelled pixels, e.g. `segmentation_loss()`).
+        loss_fn: a Keras loss with a mean reduction (e.g. `segmentation_loss()`): Keras scales it
+            by 1 / replicas under the strategy.
         dataset_fn: `input_context -> tf.data.Dataset` of (image, label) per-replica batches,
             repeating (see `tf.distribute.Strategy.distribute_datasets_from_function`).
-        callbacks: Keras callbacks; they get `on_epoch_begin/end` with {"loss", "learning_rate"}.
+        callbacks: Keras callbacks; they get `on_epoch_begin/end` with {"loss", "learning_rate"}
+            (an `EpochBackup` among them commits the checkpoint; it must run on every worker).
+        initial_epoch: the first epoch to run (after a restore); `dataset_fn` must start there.
+        backup: the run's restored `RunBackup`, named in the error when a worker is lost.
 
     Returns:
-        The mean training loss of each epoch.
+        The mean training loss of each epoch run here.
+
+    Raises:
+        WorkerLostError: another worker died; restarting all workers resumes from the backup.
     """
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    replicas = strategy.num_replicas_in_sync
 
     def replica_step(image, label):
         with tf.GradientTape() as tape:
             prediction = model(image, training=True)
-            loss = loss_fn(label, prediction)
-            scaled = loss / replicas
+            # A Keras mean loss is already divided by the replica count under a strategy
+            # (keras.losses.loss.scale_loss_for_distribution); dividing again, as this loop did
+            # before, halved the gradient on two workers.
+            scaled = loss_fn(label, prediction)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return scaled
@@ -113,11 +134,18 @@ def train_multi_worker(model, optimizer, loss_fn, dataset_fn, *, epochs, steps_p
     callback_list.on_train_begin()
     iterator = iter(dataset)
     losses = []
-    for epoch in range(epochs):
+    for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
-        loss = float(train_steps(iterator, tf.constant(steps_per_epoch)))
-        if stats:
-            average_statistics()
+        try:
+            loss = float(train_steps(iterator, tf.constant(steps_per_epoch)))
+            if stats:
+                average_statistics()
+        except WORKER_LOST_ERRORS as e:
+            where = backup.describe() if backup is not None else ""
+            raise WorkerLostError(
+                f"Epoch {epoch + 1}: a worker of the cluster stopped answering "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:300]}). {where} Start every "
+                "worker again with the same command to resume from there.") from e
         if not np.isfinite(loss):
             raise FloatingPointError(f"Training loss became {loss} in epoch {epoch + 1}")
         losses.append(loss)

@@ -24,7 +24,7 @@ from synergyseg.training.backup import RunBackup
 from synergyseg.atomic import atomic_output, write_json
 from synergyseg import data
 from synergyseg.training.config import dataset_info
-from synergyseg.training.distribute import is_chief, make_strategy, task_index, train_multi_worker
+from synergyseg.training.distribute import is_chief, make_strategy, train_multi_worker
 from synergyseg.models.names import LOSS_OUTPUTS
 from synergyseg.training import recipe
 from synergyseg.training.recipe import compile_arguments, mean_iou, segmentation_loss
@@ -259,7 +259,8 @@ def train(config, *, extra_callbacks=(), log=print):
         raise ValueError("mixed_precision and jit_compile cannot be combined on a CPU-only machine; "
                          "drop one of them (both work together on GPUs)")
     info = dataset_info(config)
-    _check_run_dir(config, log)
+    if is_chief(strategy):  # the other workers of a multi-worker run write nothing there
+        _check_run_dir(config, log)
     ensure_synthetic_data(config, log)
     _check_inputs(config)
     keras.utils.set_random_seed(config.seed)
@@ -311,24 +312,49 @@ def train(config, *, extra_callbacks=(), log=print):
 
 
 def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, log):
-    """`train` for MultiWorkerMirroredStrategy: custom step; only the chief writes the run folder."""
+    """`train` for MultiWorkerMirroredStrategy: custom step; only the chief writes the run folder.
+
+    Every worker restores RUN/backup (a shared folder) and takes part in each epoch's checkpoint;
+    the chief commits it, scores a single-process copy on the validation set for best.keras, and
+    writes final.keras and metrics.json.
+    """
     chief = is_chief(strategy)
-    run = config.run_dir if chief else os.path.join(config.run_dir, f"worker-{task_index()}")
-    os.makedirs(run, exist_ok=True)
-    callbacks = [keras.callbacks.CSVLogger(os.path.join(run, "history.csv"))] if chief else []
-    losses = train_multi_worker(
-        model, optimizer, segmentation_loss(),
-        lambda context: _train_dataset(config, config.batch_size * strategy.num_replicas_in_sync, steps, 0,
-                                       context),
-        epochs=config.epochs, steps_per_epoch=steps, strategy=strategy, callbacks=callbacks,
-        log=log if chief else (lambda *_: None))
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)  # its slots are part of the checkpoint
+    if chief:
+        _write_config(config)
+    backup = RunBackup(os.path.join(config.run_dir, "backup"),
+                       list(model.variables) + list(optimizer.variables),
+                       history_csv=os.path.join(config.run_dir, "history.csv"), writer=chief)
+    initial_epoch, rows = backup.restore()
+    if initial_epoch:
+        log(f"Resuming after epoch {initial_epoch} of {config.epochs} from {backup.directory}")
+    # A copy outside the strategy: Keras cannot evaluate under MultiWorkerMirroredStrategy.
+    single = build_model(config, info) if chief else None
+
+    def copy_to_single():
+        single.set_weights([np.asarray(w) for w in model.get_weights()])
+        return single
+
+    callbacks = []
+    if chief:
+        callbacks.append(cb.BestByScore(
+            lambda: evaluate_model(copy_to_single(), config, info, log)["mean_iou"],
+            lambda: save_model(inference_model(single), os.path.join(config.run_dir, "best.keras")),
+            best=_best_so_far(rows)))
+    callbacks.append(cb.EpochBackup(backup))
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    with data.pipeline.naming_bad_records(config.train_files):
+        losses = train_multi_worker(
+            model, optimizer, segmentation_loss(),
+            lambda context: _train_dataset(config, global_batch, steps, initial_epoch, context),
+            epochs=config.epochs, steps_per_epoch=steps, strategy=strategy, callbacks=callbacks,
+            initial_epoch=initial_epoch, backup=backup, log=log if chief else (lambda *_: None))
     result = {"history": {"loss": losses}, "steps": int(optimizer.iterations.numpy()),
               "seconds": time.time() - start, "metrics": None}
     if chief:
-        # A copy outside the strategy: Keras cannot evaluate under MultiWorkerMirroredStrategy.
-        single = build_model(config, info)
-        single.set_weights([np.asarray(w) for w in model.get_weights()])
-        save_model(inference_model(single), os.path.join(run, "final.keras"))
+        save_model(inference_model(copy_to_single()), os.path.join(config.run_dir, "final.keras"))
         result["metrics"] = evaluate_model(single, config, info, log)
-        write_json(os.path.join(run, "metrics.json"), result["metrics"])
+        write_json(os.path.join(config.run_dir, "metrics.json"), result["metrics"])
+        backup.delete()
     return result
