@@ -73,9 +73,10 @@ def test_one_tile_without_margin_equals_the_two_scale_model(model):
     np.testing.assert_allclose(np.asarray(gated(x)), np.asarray(model(x)), atol=1e-6)
 
 
-def test_one_tile_equals_the_two_scale_model_with_another_fusion(model):
+@pytest.mark.parametrize("fusion", ["max", "uncertainty_confidence"])  # on the tiles; on the whole image
+def test_one_tile_equals_the_two_scale_model_with_another_fusion(model, fusion):
     x = images(1, 33, 47)
-    two_scale = model.with_fusion("max")
+    two_scale = model.with_fusion(fusion)
     gated = gated_synergyseg(two_scale, tile_size=48, margin=0, fraction=1.0, pooling="tile")
     np.testing.assert_allclose(np.asarray(gated(x)), np.asarray(two_scale(x)), atol=1e-6)
 
