@@ -22,8 +22,10 @@ from synergyseg.models.resize import Downsample, resize_bilinear, spatial_size
 # 32 px margin cost more than they save (the margin outweighs the tile), see BENCHMARKS.md.
 DEFAULT_TILE_SIZE = 128
 DEFAULT_MARGIN = 16
-# The default share of tiles that get the full-resolution pass: named from benchmarks/gated_speed.py.
-DEFAULT_FRACTION = 0.25
+# The default share of tiles that get the full-resolution pass, from benchmarks/gated_speed.py on the
+# main job's model: the smallest fraction within 0.5 mIoU of the two-scale model (-0.1 mIoU at 0.67x
+# its conv FLOPs; 0.85x its CPU time on a 2-core CPU, where tiles cost more per FLOP, BENCHMARKS.md).
+DEFAULT_FRACTION = 0.4
 # Below this a tile is a single pixel at the submodel's stride 16.
 MIN_TILE_SIZE = 16
 # How the ASPP image-pooling branch sees the whole image inside a tile: "low" feeds it the low
