@@ -15,6 +15,7 @@ from synergyseg.models.fusion import (
     UncertaintyMask,
 )
 from synergyseg.models.synergy import SynergySeg, as_synergyseg, build_synergyseg, submodel_of, with_fusion
+from synergyseg.models.gated import GatedSynergySeg, gated_synergyseg
 from synergyseg.training.schedules import WarmupPolynomialDecay
 from synergyseg.predict.segmenter import Segmenter
 
@@ -24,6 +25,7 @@ __all__ = [
     "AttentionFusion",
     "AverageFusion",
     "DeepLabV3Plus",
+    "GatedSynergySeg",
     "HighScaleOnly",
     "LowScaleOnly",
     "MaxFusion",
@@ -35,6 +37,7 @@ __all__ = [
     "as_synergyseg",
     "build_deeplabv3plus",
     "build_synergyseg",
+    "gated_synergyseg",
     "submodel_of",
     "with_fusion",
 ]

@@ -1,6 +1,8 @@
 """Gated inference (synergyseg/models/gated.py) against a numpy loop over tiles and the two-scale model."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -187,6 +189,11 @@ def test_save_and_load_with_safe_mode(model, tmp_path):
     assert (loaded.tile_size, loaded.margin, loaded.threshold, loaded.max_tiles, loaded.pooling) == (
         16, 4, 0.2, 3, "low")
     assert loaded.fraction is None
+    # `import synergyseg` alone registers the class: a fresh process loads the file.
+    code = ("import keras, synergyseg; m = keras.models.load_model(%r, safe_mode=True); "
+            "print(type(m).__name__, m.pooling)" % str(tmp_path / "gated.keras"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-2:] == ["GatedSynergySeg", "low"]
 
 
 @pytest.mark.parametrize("knobs", [dict(threshold=0.2), dict(fraction=0.5)])
