@@ -45,6 +45,9 @@ class PerClassIoU(keras.callbacks.Callback):
     def __init__(self, class_names):
         super().__init__()
         self.class_names = list(class_names)
+        # The last validation's confusion matrix and its epoch: the run's final scores need no
+        # second pass over the validation set.
+        self.val_confusion, self.val_epoch = None, None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -54,8 +57,12 @@ class PerClassIoU(keras.callbacks.Callback):
             raise ValueError(
                 f"PerClassIoU has {len(self.class_names)} class names for a MeanIoU of "
                 f"{metric.num_classes} classes")
-        prefix = "val_iou_" if any(k.startswith("val_") for k in logs) else "iou_"
-        for name, iou in zip(self.class_names, iou_per_class(metric.total_cm.numpy())):
+        validated = any(k.startswith("val_") for k in logs)
+        confusion = metric.total_cm.numpy()
+        if validated:
+            self.val_confusion, self.val_epoch = confusion, epoch
+        prefix = "val_iou_" if validated else "iou_"
+        for name, iou in zip(self.class_names, iou_per_class(confusion)):
             logs[prefix + log_name(name)] = float(iou)
 
 

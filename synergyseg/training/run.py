@@ -23,6 +23,7 @@ from synergyseg.training import callbacks as cb
 from synergyseg.training.backup import RunBackup
 from synergyseg.atomic import atomic_output, write_json
 from synergyseg import data
+from synergyseg.run_folder import RunFolder
 from synergyseg.training.config import dataset_info
 from synergyseg.training.distribute import is_chief, make_strategy, train_multi_worker
 from synergyseg.models.names import LOSS_OUTPUTS
@@ -138,8 +139,8 @@ def make_callbacks(config, model, fit_model, info, backup, extra=()):
 
     `backup` is the run's restored `RunBackup`; its commit writes history.csv.
     """
-    run = config.run_dir
-    history_csv = os.path.join(run, "history.csv")
+    run = RunFolder(config.run_dir)
+    history_csv = run.history
     callbacks = []
     if fit_model is not model:
         callbacks.append(cb.AliasLogs({"fused_mean_iou": "mean_iou"}))
@@ -147,18 +148,18 @@ def make_callbacks(config, model, fit_model, info, backup, extra=()):
         cb.PerClassIoU(info.class_names),
         cb.LogLearningRate(),
         cb.TerminateOnNaN(backup),
-        cb.SafeModelCheckpoint(os.path.join(run, "best.keras"), monitor="val_mean_iou", mode="max",
+        cb.SafeModelCheckpoint(run.best, monitor="val_mean_iou", mode="max",
                                save_best_only=True,
                                initial_value_threshold=_best_so_far(backup.rows)),
         cb.EpochBackup(backup),
-        keras.callbacks.TensorBoard(os.path.join(run, "tensorboard"), write_graph=False),
+        keras.callbacks.TensorBoard(run.tensorboard, write_graph=False),
     ]
     if config.tensorboard_images:
         images, labels = _first_val_examples(config, config.tensorboard_images)
         callbacks.append(cb.ValidationImages(
-            images, labels, info.colors, os.path.join(run, "tensorboard"),
+            images, labels, info.colors, run.tensorboard,
             model.with_fusion(scale_outputs=True)))
-    callbacks.append(cb.TrainingCurves(history_csv, os.path.join(run, "training_curves.png")))
+    callbacks.append(cb.TrainingCurves(history_csv, run.curves))
     return callbacks + list(extra)
 
 
@@ -176,7 +177,7 @@ def _check_run_dir(config, log=print):
     A folder whose run never finished an epoch holds nothing to keep: a corrected command may
     start again there, with another configuration too.
     """
-    saved = os.path.join(config.run_dir, "config.json")
+    saved = RunFolder(config.run_dir).config_json
     if os.path.exists(saved) and not _has_progress(config.run_dir):
         log(f"{config.run_dir}: no epoch finished there yet; starting the run afresh")
         for name in ("config.json", "history.csv", "best.keras"):
@@ -190,10 +191,10 @@ def _check_run_dir(config, log=print):
             raise ValueError(
                 f"{config.run_dir} holds a run with another configuration ({saved}); pass another "
                 f"--run-dir, or --config {saved} to resume that run")
-    if os.path.exists(os.path.join(config.run_dir, "final.keras")) and not os.path.isdir(
-            os.path.join(config.run_dir, "backup")):
+    if os.path.exists(RunFolder(config.run_dir).final) and not os.path.isdir(
+            RunFolder(config.run_dir).backup):
         raise ValueError(f"{config.run_dir} holds a finished run (final.keras); pass another --run-dir")
-    if os.path.exists(os.path.join(config.run_dir, "backup", "training_metadata.json")):
+    if os.path.exists(os.path.join(RunFolder(config.run_dir).backup, "training_metadata.json")):
         raise ValueError(
             f"{config.run_dir}/backup was written by an earlier synergyseg (Keras BackupAndRestore), "
             "which this version cannot resume; pass another --run-dir")
@@ -209,7 +210,7 @@ def _check_inputs(config):
 
 def _write_config(config):
     os.makedirs(config.run_dir, exist_ok=True)
-    config.to_json(os.path.join(config.run_dir, "config.json"))
+    config.to_json(RunFolder(config.run_dir).config_json)
 
 
 def save_model(model, path):
@@ -219,16 +220,18 @@ def save_model(model, path):
 
 
 def evaluate_model(model, config, info, log=print):
-    """Validation mean IoU, per-class IoU and the mIoU of a constant prediction (metrics.json).
-
-    Kept in one function so the full evaluation of `evaluate.py` can replace it.
-    """
+    """Scores `model` on the validation set: `validation_metrics` of a new pass (metrics.json)."""
     model = inference_model(model)
     # A loss too: Keras's evaluate refuses a freshly built model compiled with metrics only.
     model.compile(optimizer=None, loss=segmentation_loss(), metrics=[mean_iou(config.num_classes)],
                   jit_compile=False)
     model.evaluate(val_dataset(config), verbose=0)
-    confusion = cb.find_mean_iou(model).total_cm.numpy()
+    return validation_metrics(cb.find_mean_iou(model).total_cm.numpy(), info, log)
+
+
+def validation_metrics(confusion, info, log=print):
+    """Validation mean IoU, per-class IoU and the mIoU of a constant prediction (metrics.json),
+    from a validation confusion matrix."""
     per_class = cb.iou_per_class(confusion)
     pixels = confusion.sum(1)
     present = int((pixels > 0).sum())
@@ -283,28 +286,34 @@ def train(config, *, extra_callbacks=(), log=print):
             optimizer.build(fit_model.trainable_variables)
         # The model and the data are in place: only now does the run folder get its config.
         _write_config(config)
-        backup = RunBackup(os.path.join(config.run_dir, "backup"),
+        backup = RunBackup(RunFolder(config.run_dir).backup,
                            list(fit_model.variables) + list(optimizer.variables),
-                           history_csv=os.path.join(config.run_dir, "history.csv"))
+                           history_csv=RunFolder(config.run_dir).history)
         initial_epoch, _ = backup.restore()
         if initial_epoch:
             log(f"Resuming after epoch {initial_epoch} of {config.epochs} from {backup.directory}")
         val_batch = strategy.num_replicas_in_sync
         train_files, val_files = config.train_files, config.val_files
+        callbacks = make_callbacks(config, model, fit_model, info, backup, extra_callbacks)
         with data.pipeline.naming_bad_records(train_files, val_files):
             history = fit_model.fit(
                 _with_dict_labels(_train_dataset(config, global_batch, steps, initial_epoch),
                                   fit_model),
                 epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                 validation_data=_with_dict_labels(val_dataset(config, val_batch), fit_model),
-                callbacks=make_callbacks(config, model, fit_model, info, backup, extra_callbacks),
-                verbose=2,
+                callbacks=callbacks, verbose=2,
                 shuffle=False)  # the tf.data pipeline shuffles; fit's own flag does not apply to it
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    save_model(inference_model(model), os.path.join(config.run_dir, "final.keras"))
-    metrics = evaluate_model(model, config, info, log)
-    write_json(os.path.join(config.run_dir, "metrics.json"), metrics)
+    run = RunFolder(config.run_dir)
+    save_model(inference_model(model), run.final)
+    per_class = next(c for c in callbacks if isinstance(c, cb.PerClassIoU))
+    if per_class.val_epoch == config.epochs - 1:
+        # The last epoch validated exactly these weights: score once, from its confusion matrix.
+        metrics = validation_metrics(per_class.val_confusion, info, log)
+    else:  # resumed after the last epoch, whose counts died with the killed process
+        metrics = evaluate_model(model, config, info, log)
+    write_json(run.metrics, metrics)
     # Last: until final.keras and metrics.json exist, a rerun resumes from the backup.
     backup.delete()
     return {"history": history.history, "metrics": metrics,
@@ -323,9 +332,9 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
         optimizer.build(model.trainable_variables)  # its slots are part of the checkpoint
     if chief:
         _write_config(config)
-    backup = RunBackup(os.path.join(config.run_dir, "backup"),
+    backup = RunBackup(RunFolder(config.run_dir).backup,
                        list(model.variables) + list(optimizer.variables),
-                       history_csv=os.path.join(config.run_dir, "history.csv"), writer=chief)
+                       history_csv=RunFolder(config.run_dir).history, writer=chief)
     initial_epoch, rows = backup.restore()
     if initial_epoch:
         log(f"Resuming after epoch {initial_epoch} of {config.epochs} from {backup.directory}")
@@ -340,7 +349,7 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
     if chief:
         callbacks.append(cb.BestByScore(
             lambda: evaluate_model(copy_to_single(), config, info, log)["mean_iou"],
-            lambda: save_model(inference_model(single), os.path.join(config.run_dir, "best.keras")),
+            lambda: save_model(inference_model(single), RunFolder(config.run_dir).best),
             best=_best_so_far(rows)))
     callbacks.append(cb.EpochBackup(backup))
     global_batch = config.batch_size * strategy.num_replicas_in_sync
@@ -353,8 +362,8 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
     result = {"history": {"loss": losses}, "steps": int(optimizer.iterations.numpy()),
               "seconds": time.time() - start, "metrics": None}
     if chief:
-        save_model(inference_model(copy_to_single()), os.path.join(config.run_dir, "final.keras"))
+        save_model(inference_model(copy_to_single()), RunFolder(config.run_dir).final)
         result["metrics"] = evaluate_model(single, config, info, log)
-        write_json(os.path.join(config.run_dir, "metrics.json"), result["metrics"])
+        write_json(RunFolder(config.run_dir).metrics, result["metrics"])
         backup.delete()
     return result
