@@ -11,6 +11,7 @@ import os
 
 from synergyseg.atomic import write_json
 from synergyseg.data import info as data_info
+from synergyseg.models import names
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "one")
 
@@ -87,6 +88,10 @@ class RunConfig:
         """Raises ValueError naming the field when a value cannot work."""
         if self.dataset not in data_info.DATASETS:
             raise ValueError(f"dataset={self.dataset!r}: expected one of {data_info.DATASETS}")
+        for name, allowed in (("backbone", names.BACKBONES), ("fusion", names.FUSIONS),
+                              ("output_stride", names.OUTPUT_STRIDES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
         if self.dataset == "mapillary" and not self.mapillary_config:
