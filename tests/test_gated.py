@@ -207,9 +207,13 @@ def test_saved_model_export_matches_keras(model, tmp_path, knobs):
         np.testing.assert_allclose(np.asarray(loaded.serve(x)), np.asarray(gated(x)), atol=1e-6)
 
 
-def test_tflite_at_a_fixed_size_matches_keras(model, tmp_path):
-    # A fraction gives a fixed tile count at a fixed size: static shapes, builtin ops only.
-    gated = gated_synergyseg(model, tile_size=32, margin=8, fraction=0.25)
+@pytest.mark.parametrize("knobs", [
+    dict(fraction=0.25),  # a fixed tile count at a fixed size: static shapes
+    dict(threshold=0.0, max_tiles=3),  # a data-dependent tile batch inside an IF
+    dict(threshold=0.99),  # no tile: the IF's other branch
+])
+def test_tflite_at_a_fixed_size_matches_keras(model, tmp_path, knobs):
+    gated = gated_synergyseg(model, tile_size=32, margin=8, **knobs)
     module = tf.Module()
     module.variables_ = [v.value for v in gated.variables]
     module.serve = tf.function(lambda images: {"probabilities": gated(images, training=False)},

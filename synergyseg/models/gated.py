@@ -257,60 +257,71 @@ class GatedSynergySeg(keras.Model):
         image_index, tile_index = select_tiles(scores, self.fraction, self.threshold, self.max_tiles)
         count = ops.shape(tile_index)[0]
 
+        def no_tiles():
+            return up_lo, ops.zeros_like(uncertainty)
+
+        def tiles():
+            return self._run_tiles(images, s_lo, up_lo, uncertainty, context, image_index, tile_index, count,
+                                   start_y, start_x, win_h, win_w, rows, cols, h, w, tf)
+
+        # No tile at all skips the submodel and the paste: the submodel fails on an empty batch (batch
+        # norm broadcasts against it) and TFLite's gathers crash on empty indices.
+        if isinstance(count, int):  # a static count (fixed input size)
+            return tiles() if count > 0 else no_tiles()
+        return tf.cond(count > 0, tiles, no_tiles)
+
+    def _run_tiles(self, images, s_lo, up_lo, uncertainty, context, image_index, tile_index, count,
+                   start_y, start_x, win_h, win_w, rows, cols, h, w, tf):
+        """The high scale on the selected tiles as one batch, fused and pasted into `U(S_lo)`."""
+        t = self.tile_size
+        # expand_dims, not x[:, None]: TFLite cannot legalize such strided slices inside a cond branch.
+        column, row = (lambda x: ops.expand_dims(x, 1)), (lambda x: ops.expand_dims(x, 0))
         # Gather the windows from the flattened batch: pixel (b, y, x) is row b*h*w + y*w + x.
         y0 = ops.take(start_y, tile_index // cols)
         x0 = ops.take(start_x, tile_index % cols)
-        ys = y0[:, None] + ops.arange(win_h)[None, :]
-        xs = x0[:, None] + ops.arange(win_w)[None, :]
-        pixel = (image_index * h * w)[:, None, None] + ys[:, :, None] * w + xs[:, None, :]
+        ys = column(y0) + row(ops.arange(win_h))
+        xs = column(x0) + row(ops.arange(win_w))
+        pixel = ops.expand_dims(column(image_index * h * w), 2) + ops.expand_dims(ys, 2) * w + ops.expand_dims(xs, 1)
         windows = ops.take(ops.reshape(images, (-1, 3)), pixel, axis=0)
         classes = self.num_classes
 
-        def run():
-            if context is None:
-                out = self.submodel(windows, training=False)
-            else:
-                out = self.tile_model([windows, ops.take(context, image_index, axis=0)], training=False)
-            return ops.cast(out, "float32")
-
-        def skip():
-            return ops.zeros((0, win_h, win_w, classes), "float32")
-
-        # The submodel fails on an empty batch (batch norm broadcasts against it), so skip it.
-        if isinstance(count, int):  # a static count (fixed input size)
-            s_hi_tiles = run() if count > 0 else skip()
+        if context is None:
+            s_hi_tiles = self.submodel(windows, training=False)
         else:
-            s_hi_tiles = tf.cond(count > 0, run, skip)
+            s_hi_tiles = self.tile_model([windows, ops.take(context, image_index, axis=0)], training=False)
+        s_hi_tiles = ops.cast(s_hi_tiles, "float32")
 
         # Crop each tile (its margin off) and write it by index into a canvas padded to whole tiles
         # (indices never repeat: TFLite's scatter adds repeated ones), then cut the canvas to the image.
         core_h, core_w = ops.minimum(t, h), ops.minimum(t, w)  # the image, where it is smaller than a tile
-        rows_in = ((tile_index // cols) * t)[:, None] + ops.arange(core_h)[None, :]  # (count, core_h)
-        cols_in = ((tile_index % cols) * t)[:, None] + ops.arange(core_w)[None, :]
+        rows_in = column((tile_index // cols) * t) + row(ops.arange(core_h))  # (count, core_h)
+        cols_in = column((tile_index % cols) * t) + row(ops.arange(core_w))
         # Rows of a cut edge tile that fall outside the image read its last row (cut off below).
         read_rows, read_cols = ops.minimum(rows_in, h - 1), ops.minimum(cols_in, w - 1)
-        s_hi_cores = tf.gather(s_hi_tiles, read_rows - y0[:, None], axis=1, batch_dims=1)
-        s_hi_cores = tf.gather(s_hi_cores, read_cols - x0[:, None], axis=2, batch_dims=1)  # (count, th, tw, C)
+        s_hi_cores = tf.gather(s_hi_tiles, read_rows - column(y0), axis=1, batch_dims=1)
+        s_hi_cores = tf.gather(s_hi_cores, read_cols - column(x0), axis=2, batch_dims=1)  # (count, th, tw, C)
         shape = (count, core_h, core_w)
-        image_at = ops.broadcast_to(image_index[:, None, None], shape)
-        where = ops.stack([image_at, ops.broadcast_to(rows_in[:, :, None], shape),
-                           ops.broadcast_to(cols_in[:, None, :], shape)], axis=-1)
+        image_at = ops.broadcast_to(ops.expand_dims(column(image_index), 2), shape)
+        where = ops.stack([image_at, ops.broadcast_to(ops.expand_dims(rows_in, 2), shape),
+                           ops.broadcast_to(ops.expand_dims(cols_in, 1), shape)], axis=-1)
         pad = [[0, 0], [0, rows * core_h - h], [0, cols * core_w - w]]
 
         def paste(image, cores):
-            canvas = ops.pad(image, pad + [[0, 0]] * (len(image.shape) - 3))
-            return tf.tensor_scatter_nd_update(canvas, where, cores)[:, :h, :w]
+            extra = len(image.shape) - 3  # the class axis, if any
+            canvas = tf.tensor_scatter_nd_update(ops.pad(image, pad + [[0, 0]] * extra), where, cores)
+            # tf.slice, not [:, :h, :w]: TFLite cannot legalize that strided slice inside a cond branch.
+            return tf.slice(canvas, [0, 0, 0] + [0] * extra, ops.stack([-1, h, w] + [-1] * extra))
 
         gate = paste(ops.zeros_like(uncertainty), ops.ones(shape))
         if self.pixelwise_fusion():
             # Fused on the tiles alone: U(S_lo) is read there, the fusion's resize is the identity.
-            read = ops.stack([image_at, ops.broadcast_to(read_rows[:, :, None], shape),
-                              ops.broadcast_to(read_cols[:, None, :], shape)], axis=-1)
+            read = ops.stack([image_at, ops.broadcast_to(ops.expand_dims(read_rows, 2), shape),
+                              ops.broadcast_to(ops.expand_dims(read_cols, 1), shape)], axis=-1)
             fused_cores = ops.cast(self.fusion([tf.gather_nd(up_lo, read), s_hi_cores]), "float32")
             return paste(up_lo, fused_cores), gate
         # The fusion needs S_lo itself (its own upsampling, or weights): run it on the whole image.
         fused = ops.cast(self.fusion([s_lo, paste(ops.zeros_like(up_lo), s_hi_cores)]), "float32")
-        return ops.where(gate[..., None] > 0, fused, up_lo), gate
+        return ops.where(ops.expand_dims(gate, -1) > 0, fused, up_lo), gate
 
     def compute_output_shape(self, input_shape):
         shape = (input_shape[0], input_shape[1], input_shape[2], self.num_classes)
