@@ -1,6 +1,6 @@
 """Train SynergySeg (the paper's recipe on model.fit), evaluate it, and write a run folder.
 
-    python train.py                                   # main job: synthetic set, ~10 min on 2 CPU cores
+    python train.py                                   # main job: synthetic set, ~5 min on 2 idle CPU cores
     python train.py --preset cityscapes --data-dir data/cityscapes --run-dir runs/cs
     python train.py --preset mapillary --mapillary-config data/mapillary/config.json
     python train.py --config runs/cs/config.json      # repeat (or resume) a run from its config
