@@ -56,6 +56,22 @@ def test_short_run_lowers_loss_and_beats_a_constant_prediction(data_dir, tmp_pat
     # second pass: score final.keras independently (numpy IoU over model.predict).
     model = keras.models.load_model(run / "final.keras", safe_mode=True)
     assert model.output_shape == (None, None, None, 10)
+    mean, ious = _numpy_scores(model, data_dir)
+    assert metrics["mean_iou"] == pytest.approx(mean, abs=1e-6)
+    for name, value in ious.items():
+        assert metrics["per_class_iou"][name] == (None if value is None else pytest.approx(value, abs=1e-6))
+    # best.keras is the best epoch's model: it scores the best val_mean_iou of history.csv. (This
+    # run's mIoU still climbs at the end; the resume test below has a best epoch before the last.)
+    val = [float(v) for v in _column(run / "history.csv", "val_mean_iou")]
+    best, _ = _numpy_scores(keras.models.load_model(run / "best.keras", safe_mode=True), data_dir)
+    assert best == pytest.approx(max(val), abs=1e-6)
+    lr = [float(v) for v in _column(run / "history.csv", "learning_rate")]
+    steps = [4 * (e + 1) for e in range(16)]
+    np.testing.assert_allclose(lr, [0.05 * (1 - s / 64) ** 0.9 for s in steps], rtol=1e-4, atol=1e-7)
+
+
+def _numpy_scores(model, data_dir):
+    """(mean IoU, {class name: IoU or None}) of `model` on the validation shards, in numpy."""
     labels, predictions = [], []
     for record in tf.data.TFRecordDataset(sorted(glob.glob(f"{data_dir}/val-*.tfrecord"))):
         image, label = data.decode_example(record)
@@ -67,12 +83,7 @@ def test_short_run_lowers_loss_and_beats_a_constant_prediction(data_dir, tmp_pat
     for c, name in enumerate(data.SYNTHETIC.class_names):
         union = np.sum(keep & ((labels == c) | (predictions == c)))
         ious[name] = np.sum(keep & (labels == c) & (predictions == c)) / union if union else None
-    assert metrics["mean_iou"] == pytest.approx(np.mean([v for v in ious.values() if v is not None]), abs=1e-6)
-    for name, value in ious.items():
-        assert metrics["per_class_iou"][name] == (None if value is None else pytest.approx(value, abs=1e-6))
-    lr = [float(v) for v in _column(run / "history.csv", "learning_rate")]
-    steps = [4 * (e + 1) for e in range(16)]
-    np.testing.assert_allclose(lr, [0.05 * (1 - s / 64) ** 0.9 for s in steps], rtol=1e-4, atol=1e-7)
+    return float(np.mean([v for v in ious.values() if v is not None])), ious
 
 
 def _column(path, key):
@@ -94,6 +105,37 @@ class _KillAtEpoch(keras.callbacks.Callback):
             raise _Killed()
 
 
+class _SpoilAtEpoch(keras.callbacks.Callback):
+    """Zeroes every trainable weight when epoch `epoch` begins: that epoch scores far below the
+    earlier ones, so a resumed run that forgot the earlier best would overwrite best.keras."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            for variable in self.model.trainable_variables:
+                variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
+
+
+class _FirstStepUpdate(keras.callbacks.Callback):
+    """Records the trainable weights and the learning rate around the run's first optimizer step."""
+
+    def __init__(self):
+        super().__init__()
+        self.before = self.after = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.before is None:
+            self.before = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+            self.learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.after is None:
+            self.after = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+
+
 def test_killed_run_resumes_at_the_same_epoch_and_step(data_dir, tmp_path):
     config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=3,
                     **dict(TINY, tensorboard_images=0))
@@ -106,16 +148,19 @@ def test_killed_run_resumes_at_the_same_epoch_and_step(data_dir, tmp_path):
     # Another configuration must not write into this run folder.
     with pytest.raises(ValueError, match="another configuration"):
         train(config.replace(epochs=4), log=lambda *a: None)
-    result = train(config, log=lambda *a: None)
+    # The resumed epoch starts from zeroed weights, so it scores below the best of the first two.
+    result = train(config, extra_callbacks=[_SpoilAtEpoch(2)], log=lambda *a: None)
     assert len(result["history"]["loss"]) == 1  # only epoch 3 ran again
     assert result["steps"] == 3 * 4
     assert _epochs(run / "history.csv") == [0, 1, 2]
     assert not (run / "backup").exists() and not list(run.glob("*partial*"))
-    # best.keras still holds the best val_mean_iou of all three epochs, not of the resumed part.
-    best = max(float(v) for v in _column(run / "history.csv", "val_mean_iou"))
-    assert best >= best_before
+    # best.keras still holds the best of all three epochs (initial_value_threshold from the
+    # backup's rows), not the resumed epoch's model, which a fresh ModelCheckpoint would keep.
+    val = [float(v) for v in _column(run / "history.csv", "val_mean_iou")]
+    assert val[2] < best_before - 1e-3, val
     model = keras.models.load_model(run / "best.keras", safe_mode=True)
     assert model.output_shape == (None, None, None, 10)
+    assert _numpy_scores(model, data_dir)[0] == pytest.approx(best_before, abs=1e-6)
     with pytest.raises(ValueError, match="finished run"):
         train(config, log=lambda *a: None)
 
@@ -133,13 +178,43 @@ def test_killed_run_resumes_at_the_same_epoch_and_step(data_dir, tmp_path):
 def test_real_training_options_train_and_restore_the_policy(data_dir, tmp_path, options):
     config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=1,
                     **options, **TINY)
-    result = train(config, log=lambda *a: None)
-    assert np.isfinite(result["history"]["loss"]).all()
+    first_step = _FirstStepUpdate()
+    result = train(config, extra_callbacks=[first_step], log=lambda *a: None)
+    history = result["history"]
+    assert np.isfinite(history["loss"]).all()
     assert np.isfinite(result["metrics"]["mean_iou"])
+    # Keras's SGD clips each gradient to norm `clipnorm`, decays (w -= lr * wd * w), then steps
+    # with an empty momentum buffer: the first step moves each weight by lr * (clipped gradient)
+    # beyond the decay. None goes further; some reach the bound (their gradients were clipped),
+    # which a global clip, or none, would not give.
+    clipnorm, weight_decay = options["clipnorm"], config.weight_decay
+    bound = first_step.learning_rate * clipnorm
+    steps = np.array([np.linalg.norm(after - before * (1 - first_step.learning_rate * weight_decay))
+                      for before, after in zip(first_step.before, first_step.after)])
+    assert steps.max() <= bound * (1 + 1e-3), (steps.max(), bound)
+    assert (steps > 0.99 * bound).sum() >= 5, np.sort(steps)[-10:] / bound
+    if options.get("aux_loss_weight"):
+        # Each scale's own loss is logged, and the loss is the fused one plus the weighted others.
+        weight = options["aux_loss_weight"]
+        for name in ("fused_loss", "s_lo_loss", "s_hi_loss"):
+            assert name in history and np.isfinite(history[name]).all(), sorted(history)
+        np.testing.assert_allclose(
+            history["loss"], np.add(history["fused_loss"],
+                                    weight * np.add(history["s_lo_loss"], history["s_hi_loss"])),
+            rtol=1e-3)
+    # best.keras is written (with the aux loss on too) and is the served single-output model of
+    # the best epoch (here the only one).
+    best = keras.models.load_model(tmp_path / "run" / "best.keras", safe_mode=True)
+    assert best.output_shape == (None, None, None, 10)
+    final = keras.models.load_model(tmp_path / "run" / "final.keras", safe_mode=True)
+    for saved, trained in zip(best.weights, final.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(trained))
+    # float16 activations: predict's and fit's graphs may round a near-tied pixel apart.
+    tolerance = 1e-3 if options.get("mixed_precision") else 1e-6
+    assert _numpy_scores(best, data_dir)[0] == pytest.approx(history["val_mean_iou"][0], abs=tolerance)
     assert keras.mixed_precision.global_policy().name == "float32"  # set back after the run
-    model = keras.models.load_model(tmp_path / "run" / "final.keras", safe_mode=True)
     # Whatever the training precision, the model hands float32 probabilities to its users.
-    probs = model.predict(np.zeros((1, 64, 128, 3), "float32"), verbose=0)
+    probs = final.predict(np.zeros((1, 64, 128, 3), "float32"), verbose=0)
     assert probs.dtype == np.float32 and probs.shape == (1, 64, 128, 10)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-3)
 

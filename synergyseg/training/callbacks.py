@@ -158,13 +158,19 @@ class SafeModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     Keras writes the file in place; here it writes `<name>.partial.keras` and renames it over
     `filepath` (atomic on one file system), so a run killed while saving keeps the previous
-    best model. Takes ModelCheckpoint's arguments.
+    best model. Takes ModelCheckpoint's arguments, and `saved_model`: the model to write if not
+    the one being fitted (a run with auxiliary losses fits a three-output model but serves the
+    single-output one that shares its weights).
     """
 
-    def __init__(self, filepath, **kwargs):
+    def __init__(self, filepath, saved_model=None, **kwargs):
         root, ext = os.path.splitext(filepath)
         self.final_path = filepath
+        self.saved_model = saved_model
         super().__init__(f"{root}.partial{ext}", **kwargs)
+
+    def set_model(self, model):
+        super().set_model(model if self.saved_model is None else self.saved_model)
 
     def _commit(self):
         if os.path.exists(self.filepath):
