@@ -32,8 +32,8 @@ MIN_TILE_SIZE = 16
 # scale's pooled trunk features (the whole image's mean, at half resolution); "tile" lets it pool
 # over the tile alone, as the plain submodel does.
 POOLINGS = ("low", "tile")
-# "tile" scored higher than "low" at every fraction on the main job's model (BENCHMARKS.md): it was
-# trained on 128x256 crops, so its pooling learned crop-sized context, which a tile is closer to.
+# "tile" scored higher than "low" at every fraction on the main job's model and works with any
+# submodel; the real-time model scored higher with "low" (BENCHMARKS.md): measure both per model.
 DEFAULT_POOLING = "tile"
 # Fusions whose output at a pixel depends only on U(S_lo) and S_hi at that pixel, so they run on the
 # selected tiles alone; the others ("uncertainty_confidence" upsamples 1 - max_c S_lo, "attention"
