@@ -430,3 +430,21 @@ def test_command_line(run_dir, tmp_path, capsys):
         cli_main([str(run_dir), "--out", str(out), "--tflite-size", "32by40"])
     assert exit_info.value.code == 2
     assert "expected HEIGHTxWIDTH like 512x1024, got '32by40'" in capsys.readouterr().err
+
+
+def test_interpreter_is_litert_and_its_tf_lite_fallback_fails_loudly_under_tests(monkeypatch):
+    from ai_edge_litert.interpreter import Interpreter as LiteRTInterpreter
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 4), tf.float32)])
+    def add_one(x):
+        return x + 1.0
+
+    content = tf.lite.TFLiteConverter.from_concrete_functions(
+        [add_one.get_concrete_function()], add_one).convert()
+    assert os.environ.get("SYNERGYSEG_REQUIRE_LITERT") == "1"  # set by conftest.py
+    assert type(make_interpreter(model_content=content)) is LiteRTInterpreter
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import now fails
+    with pytest.raises(ImportError, match="ai-edge-litert is required .SYNERGYSEG_REQUIRE_LITERT"):
+        make_interpreter(model_content=content)
+    monkeypatch.delenv("SYNERGYSEG_REQUIRE_LITERT")
+    assert type(make_interpreter(model_content=content)) is tf.lite.Interpreter  # users' fallback

@@ -1,5 +1,6 @@
 """TFLite export at a fixed input size: float32, float16 weights, or full-integer int8, builtin ops only."""
 
+import os
 import tempfile
 
 import numpy as np
@@ -10,10 +11,13 @@ from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module
 from synergyseg.export.serving import build_serving_model
 
 QUANTIZATIONS = ("float32", "float16", "int8")
-# Every size converts and matches Keras, odd ones and 1x1 included (measured: 1x1 to 97x130, no
-# multiple needed: resizes are builtin RESIZE_BILINEAR, convolutions pad "same"). Below 32 the
-# half-resolution branch's stride-16 features are a single pixel, so such sizes are refused.
+# Odd sizes convert and match Keras (tests/test_export.py: 33x47 and 48x96; no multiple needed:
+# resizes are builtin RESIZE_BILINEAR, convolutions pad "same"). Below 32 the half-resolution
+# branch's stride-16 features are a single pixel, so such sizes are refused.
 MIN_TFLITE_SIZE = 32
+# Set (to anything but "" or "0") to make `make_interpreter` refuse the tf.lite fallback: the tests
+# set it, so "runs in ai-edge-litert" is what they check.
+REQUIRE_LITERT_ENV = "SYNERGYSEG_REQUIRE_LITERT"
 
 
 def check_tflite_size(size):
@@ -195,11 +199,15 @@ def check_int8_scales(content):
 def make_interpreter(model_path=None, model_content=None, num_threads=2):
     """A TFLite interpreter (XNNPACK CPU), from `ai-edge-litert` when installed, else `tf.lite`.
 
-    `tf.lite.Interpreter` is deprecated in favour of LiteRT; both run the same builtin ops.
+    `tf.lite.Interpreter` is deprecated in favour of LiteRT; both run the same builtin ops. With
+    the environment variable SYNERGYSEG_REQUIRE_LITERT set, a missing LiteRT raises ImportError.
     """
     try:
         from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
+    except ImportError as e:
+        if os.environ.get(REQUIRE_LITERT_ENV, "") not in ("", "0"):
+            raise ImportError(f"ai-edge-litert is required ({REQUIRE_LITERT_ENV} is set) but "
+                              f"cannot be imported: {e}; pip install ai-edge-litert") from e
         Interpreter = tf.lite.Interpreter
     interpreter = Interpreter(model_path=model_path, model_content=model_content,
                               num_threads=num_threads)
