@@ -10,10 +10,14 @@ from PIL import Image
 from synergyseg import data
 from synergyseg.data import cityscapes
 
-labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+
+@pytest.fixture(scope="module")
+def labels():
+    """The official label table; only the tests that compare with it need cityscapesscripts."""
+    return pytest.importorskip("cityscapesscripts.helpers.labels")
 
 
-def test_id_to_train_id_matches_official_labels():
+def test_id_to_train_id_matches_official_labels(labels):
     for label in labels.labels:
         if label.id < 0:
             continue  # license plate: -1, never in labelIds PNGs
@@ -22,7 +26,7 @@ def test_id_to_train_id_matches_official_labels():
     assert (data.CITYSCAPES_ID_TO_TRAIN_ID[34:] == 255).all()
 
 
-def test_names_colors_and_inverse_table_match_official_labels():
+def test_names_colors_and_inverse_table_match_official_labels(labels):
     assert data.CITYSCAPES.num_classes == 19
     for train_id in range(19):
         official = labels.trainId2label[train_id]
