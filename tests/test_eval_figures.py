@@ -40,6 +40,36 @@ def test_qualitative_grid_size_and_palette(tmp_path):
     assert {tuple(int(v) for v in p) for p in panel[::97]} <= palette
 
 
+def _panel_cells(pixels, row, column, shape, row_px=200, column_px=400):
+    """The figure's colour at the centre of each label pixel of panel (row, column)."""
+    h, w = shape
+    ys = row * row_px + ((np.arange(h) + 0.5) * row_px / h).astype(int)
+    xs = column * column_px + ((np.arange(w) + 0.5) * column_px / w).astype(int)
+    return pixels[ys[:, None], xs[None, :]]
+
+
+def test_qualitative_grid_panels_show_the_label_and_prediction_in_the_palette(tmp_path):
+    rng = np.random.default_rng(2)
+    examples = _examples(3, rng)
+    examples[1]["label"][:4, :8] = 255  # ignored pixels are drawn black
+    size = figures.qualitative_grid(tmp_path / "grid.png", examples, SYNTHETIC.class_names,
+                                    SYNTHETIC.colors)
+    pixels = _check_png(tmp_path / "grid.png", size)
+    colors = np.concatenate([np.asarray(SYNTHETIC.colors, np.uint8), np.zeros((246, 3), np.uint8)])
+    # Rows 1 and 2 (row 0 carries the column titles): label in column 1, prediction in column 2,
+    # each label pixel a 6.25 px square of its class's colour.
+    for row in (1, 2):
+        for column, key in ((1, "label"), (2, "prediction")):
+            expected = colors[examples[row][key]]
+            np.testing.assert_array_equal(
+                _panel_cells(pixels, row, column, expected.shape[:2]), expected, err_msg=(row, key))
+        # The uncertainty mask in grey levels (column 3), to the grey colormap's 256 steps and
+        # 8-bit rounding (measured at most 1.8 / 255).
+        grey = _panel_cells(pixels, row, 3, (32, 64)).astype(float)
+        assert (grey == grey[..., :1]).all()
+        np.testing.assert_allclose(grey[..., 0] / 255, examples[row]["uncertainty"], atol=2.5 / 255)
+
+
 def test_single_scale_grid_without_uncertainty(tmp_path):
     rng = np.random.default_rng(1)
     size = figures.qualitative_grid(tmp_path / "g.png", _examples(1, rng, uncertainty=False),
