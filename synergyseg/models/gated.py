@@ -17,6 +17,7 @@ from keras import ops
 from synergyseg.models.fusion import _Fusion, fusion_name, make_fusion
 from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, resize_bilinear, spatial_size
+from synergyseg.models.synergy import as_synergyseg, two_scale_config, two_scale_parts
 
 # Tiles of 128 px with a 16 px margin: on the main job's model (256x512 scenes) 64 px tiles with a
 # 32 px margin cost more than they save (the margin outweighs the tile), see BENCHMARKS.md.
@@ -332,27 +333,18 @@ class GatedSynergySeg(keras.Model):
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "submodel": keras.saving.serialize_keras_object(self.submodel),
-            "fusion": keras.saving.serialize_keras_object(self.fusion),
+            **two_scale_config(self),
             "tile_size": self.tile_size,
             "margin": self.margin,
             "fraction": self.fraction,
             "threshold": self.threshold,
             "max_tiles": self.max_tiles,
             "pooling": self.pooling,
-            "scale_outputs": self.scale_outputs,
-            "class_names": self.class_names,
-            "palette": self.palette,
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["submodel"] = keras.saving.deserialize_keras_object(config["submodel"])
-        config["fusion"] = keras.saving.deserialize_keras_object(config["fusion"])
-        return cls(**config)
+        return cls(**two_scale_parts(config))
 
 
 def gated_synergyseg(model, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN, fraction=None, threshold=None,
@@ -367,8 +359,6 @@ def gated_synergyseg(model, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN, 
     Example:
         >>> gated = gated_synergyseg(keras.models.load_model("runs/synthetic/best.keras"), fraction=0.25)
     """
-    from synergyseg.models.synergy import as_synergyseg
-
     model = as_synergyseg(model)
     return GatedSynergySeg(model.submodel, model.fusion, tile_size=tile_size, margin=margin, fraction=fraction,
                            threshold=threshold, max_tiles=max_tiles, pooling=pooling,

@@ -134,22 +134,33 @@ class SynergySeg(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "submodel": keras.saving.serialize_keras_object(self.submodel),
-            "fusion": keras.saving.serialize_keras_object(self.fusion),
-            "scale_outputs": self.scale_outputs,
-            "class_names": self.class_names,
-            "palette": self.palette,
-        }
+        return two_scale_config(self)
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["submodel"] = keras.saving.deserialize_keras_object(config["submodel"])
-        config["fusion"] = keras.saving.deserialize_keras_object(config["fusion"])
-        return cls(**config)
+        return cls(**two_scale_parts(config))
+
+
+def two_scale_config(model):
+    """The config entries every two-scale model shares: its submodel and fusion (serialized),
+    outputs, class names and palette (`SynergySeg`, `GatedSynergySeg`)."""
+    return {
+        "name": model.name,
+        "trainable": model.trainable,
+        "submodel": keras.saving.serialize_keras_object(model.submodel),
+        "fusion": keras.saving.serialize_keras_object(model.fusion),
+        "scale_outputs": model.scale_outputs,
+        "class_names": model.class_names,
+        "palette": model.palette,
+    }
+
+
+def two_scale_parts(config):
+    """`config` with its submodel and fusion deserialized, ready for the constructor."""
+    config = dict(config)
+    config["submodel"] = keras.saving.deserialize_keras_object(config["submodel"])
+    config["fusion"] = keras.saving.deserialize_keras_object(config["fusion"])
+    return config
 
 
 def _steps_per_epoch(x, batch_size, steps_per_epoch):
