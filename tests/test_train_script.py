@@ -1,0 +1,63 @@
+"""train.py's command line: flags into a RunConfig, --config or --preset, and the evaluation after training."""
+
+import json
+
+import pytest
+
+import train
+from synergyseg import data
+from synergyseg.training.config import RunConfig, preset
+
+TINY_FLAGS = ["--backbone", "resnet18", "--backbone-width", "8", "--head-filters", "16",
+              "--low-level-filters", "8", "--crop-size", "64x128", "--batch-size", "4",
+              "--steps-per-epoch", "2", "--tensorboard-images", "0", "--epochs", "1"]
+
+
+def test_flags_override_the_preset_field_by_field():
+    config, no_evaluation = train.parse_args(
+        ["--preset", "cityscapes", "--epochs", "3", "--crop-size", "256x512", "--clipnorm", "1.0",
+         "--mixed-precision", "true", "--aux-loss-weight", "0.4", "--no-evaluation"])
+    assert no_evaluation
+    expected = preset("cityscapes")
+    assert config == expected.replace(epochs=3, crop_size=(256, 512), clipnorm=1.0,
+                                      mixed_precision=True, aux_loss_weight=0.4)
+    assert (config.epochs, config.crop_size, config.clipnorm) != (expected.epochs, expected.crop_size,
+                                                                  expected.clipnorm)
+    # No flags: the synthetic preset (the main job), evaluation on.
+    assert train.parse_args([]) == (preset("synthetic"), False)
+
+
+def test_config_repeats_a_run_with_overrides_and_refuses_a_preset_beside_it(tmp_path, capsys):
+    saved = preset("cityscapes", epochs=7, run_dir=str(tmp_path / "run"))
+    saved.to_json(tmp_path / "config.json")
+    config, _ = train.parse_args(["--config", str(tmp_path / "config.json"), "--epochs", "9"])
+    assert config == saved.replace(epochs=9)
+    assert RunConfig.from_json(tmp_path / "config.json").epochs == 7  # the file is not rewritten
+    for argv, message in [
+        (["--config", str(tmp_path / "config.json"), "--preset", "synthetic"],
+         "give --config or --preset, not both"),
+        (["--epochs", "many"], "--epochs: "),
+        (["--preset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--config", str(tmp_path / "missing.json")], "missing.json"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            train.parse_args(argv)
+        assert exit_info.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_main_trains_then_evaluates_the_run_folder(tmp_path, capsys):
+    data.synthetic.generate(str(tmp_path / "data"), num_train=8, num_val=4, height=64, width=128,
+                            seed=0, num_shards=1, workers=1, log=None)
+    run = tmp_path / "run"
+    assert train.main(["--data-dir", str(tmp_path / "data"), "--run-dir", str(run), *TINY_FLAGS]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    evaluation = json.loads((run / "evaluation" / "results.json").read_text())
+    # evaluate.py's pass over best.keras (one epoch: the final model) finds metrics.json's mIoU.
+    assert evaluation["images"] == 4 and "speed" not in evaluation
+    assert evaluation["accuracy"]["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-6)
+    assert (run / "evaluation" / "report.md").is_file()
+    assert RunConfig.from_json(run / "config.json").epochs == 1
+    printed = capsys.readouterr().out
+    saved = RunConfig.from_json(run / "config.json").to_dict()
+    assert json.loads(printed[:printed.index("\n")]) == json.loads(json.dumps(saved))
