@@ -142,3 +142,43 @@ def test_speed_with_xla_or_mixed_precision(run_dir, tmp_path, flags, jit, precis
         assert m["fps"] == pytest.approx(1000 / np.median(m["latency_ms"]), rel=1e-9)
     with open(tmp_path / "speed.csv") as f:
         assert [r["precision"] for r in csv.DictReader(f)] == [precision] * 2
+
+
+def test_mapillary_v12_layout_scores_65_of_66_labels_end_to_end(tmp_path, capsys):
+    from PIL import Image
+
+    from synergyseg.data import mapillary
+
+    # Vistas v1.2's shape: 66 labels, the last "Unlabeled" with evaluate: false (-> 255).
+    labels = [{"name": f"class--{i}", "readable": f"Class {i}", "color": [i, (2 * i) % 256, (3 * i) % 256],
+               "instances": False, "evaluate": True} for i in range(65)]
+    labels.append({"name": "void--unlabeled", "readable": "Unlabeled", "color": [0, 0, 0],
+                   "instances": False, "evaluate": False})
+    root = tmp_path / "vistas"
+    (root / "validation" / "images").mkdir(parents=True)
+    (root / "validation" / "labels").mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"labels": labels}))
+    rng = np.random.default_rng(5)
+    palette = [c for label in labels for c in label["color"]]
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(
+            root / "validation" / "images" / f"img{i}.jpg")
+        ids = Image.fromarray(rng.integers(0, 66, (32, 48), dtype=np.uint8), mode="P")
+        ids.putpalette(palette + [0] * (768 - len(palette)))
+        ids.save(root / "validation" / "labels" / f"img{i}.png")
+    mapillary.convert(str(root), str(tmp_path / "data"), splits=("validation",), num_shards=1,
+                      workers=1, log=None)
+    model_path = tmp_path / "mapillary.keras"
+    synergyseg.build_synergyseg(65, backbone="resnet18", backbone_width=8, head_filters=16,
+                                low_level_filters=8).save(model_path)
+    pattern = str(tmp_path / "data" / "val-*.tfrecord")
+    results = evaluate.main([str(model_path), "--data", pattern, "--dataset", "mapillary",
+                             "--mapillary-config", str(root / "config.json"), "--out", str(tmp_path / "ev"),
+                             "--no-speed", "--no-ablation", "--figures", "0", "--no-progress"])
+    assert (results["scored_classes"], results["label_values"], results["images"]) == (65, 66, 2)
+    assert "65 scored classes of 66 label values" in (tmp_path / "ev" / "report.md").read_text()
+    model = synergyseg.run_folder.load_model(str(model_path))
+    assert results["accuracy"]["mean_iou"] == pytest.approx(_numpy_mean_iou(model, pattern, 65), abs=1e-9)
+    with open(tmp_path / "ev" / "accuracy.csv") as f:
+        names = {r["class"] for r in csv.DictReader(f)}
+    assert "Class 64" in names and "Unlabeled" not in names
