@@ -134,3 +134,17 @@ def test_trained_run_loads_in_a_fresh_process_after_import_synergyseg(tmp_path):
                                                       "WarmupPolynomialDecay")
     assert class_names[:3] == ["road", "sidewalk", "building"] and len(class_names) == 10
     np.testing.assert_allclose(np.load(tmp_path / "got.npy"), np.load(tmp_path / "expected.npy"), atol=1e-6)
+
+
+@pytest.mark.parametrize("separable", [None, False, True])
+def test_every_model_field_of_the_run_config_reaches_the_model(separable):
+    config = preset("realtime", separable=separable, head_filters=24, low_level_filters=8)
+    sub = build_model(config).submodel
+    built = {k: sub.get_config()[k] for k in ("backbone", "output_stride", "head_filters",
+                                               "low_level_filters", "separable", "dropout")}
+    assert built == {"backbone": "mobilenetv3_large", "output_stride": 16, "head_filters": 24,
+                     "low_level_filters": 8, "separable": separable is not False,  # None: MobileNet's default
+                     "dropout": config.dropout}
+    depthwise = [l for l in sub.layers if isinstance(l, keras.layers.DepthwiseConv2D)
+                 and l.name.startswith(("aspp", "decoder"))]
+    assert bool(depthwise) == (separable is not False)

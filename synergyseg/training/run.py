@@ -60,7 +60,8 @@ def build_model(config, info=None):
         fusion=config.fusion, backbone_weights=config.backbone_weights,
         scale_outputs=bool(config.aux_loss_weight), backbone_width=config.backbone_width,
         head_filters=config.head_filters, low_level_filters=config.low_level_filters,
-        dropout=config.dropout, class_names=info.class_names, palette=info.colors)
+        dropout=config.dropout, separable=config.separable, class_names=info.class_names,
+        palette=info.colors)
 
 
 def training_model(model):
