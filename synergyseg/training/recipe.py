@@ -43,6 +43,11 @@ def make_optimizer(decay_steps, learning_rate=LEARNING_RATE, end_learning_rate=0
     """
     schedule = WarmupPolynomialDecay(learning_rate, decay_steps, end_learning_rate=end_learning_rate,
                                      power=power, warmup_steps=warmup_steps)
+    return sgd(schedule, momentum=momentum, weight_decay=weight_decay, clipnorm=clipnorm)
+
+
+def sgd(schedule, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, clipnorm=None):
+    """Keras's SGD with momentum and decoupled weight decay on `schedule` (see `make_optimizer`)."""
     return keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay or None,
                                 clipnorm=clipnorm)
 
@@ -77,5 +82,5 @@ def paper_compile_arguments(num_classes, decay_steps=None, dict_outputs=False):
     arguments = compile_arguments(num_classes, dict_outputs=dict_outputs)
     arguments.pop("loss_weights", None)
     schedule = WarmupPolynomialDecay(LEARNING_RATE, decay_steps or 1, power=POLY_POWER)
-    arguments["optimizer"] = keras.optimizers.SGD(schedule, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    arguments["optimizer"] = sgd(schedule)
     return arguments, schedule

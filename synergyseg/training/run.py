@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import synergyseg
 from synergyseg.training import callbacks as cb
-from synergyseg.training.backup import RunBackup
+from synergyseg.training.backup import STATE, RunBackup
 from synergyseg.atomic import atomic_output, write_json
 from synergyseg import data
 from synergyseg.run_folder import RunFolder
@@ -164,12 +164,12 @@ def make_callbacks(config, model, fit_model, info, backup, extra=()):
     return callbacks + list(extra)
 
 
-def _has_progress(run_dir):
-    """True once a run folder holds a finished epoch (a backup state) or a finished run."""
-    return any(os.path.exists(os.path.join(run_dir, name)) for name in (
-        os.path.join("backup", "state.json"), "final.keras",
+def _has_progress(run):
+    """True once a `RunFolder` holds a finished epoch (a backup state) or a finished run."""
+    return any(os.path.exists(path) for path in (
+        os.path.join(run.backup, STATE), run.final,
         # Keras's BackupAndRestore, used by earlier versions.
-        os.path.join("backup", "training_metadata.json")))
+        os.path.join(run.backup, "training_metadata.json")))
 
 
 def _check_run_dir(config, log=print):
@@ -178,12 +178,13 @@ def _check_run_dir(config, log=print):
     A folder whose run never finished an epoch holds nothing to keep: a corrected command may
     start again there, with another configuration too.
     """
-    saved = RunFolder(config.run_dir).config_json
-    if os.path.exists(saved) and not _has_progress(config.run_dir):
+    run = RunFolder(config.run_dir)
+    saved = run.config_json
+    if os.path.exists(saved) and not _has_progress(run):
         log(f"{config.run_dir}: no epoch finished there yet; starting the run afresh")
-        for name in ("config.json", "history.csv", "best.keras"):
-            if os.path.exists(os.path.join(config.run_dir, name)):
-                os.remove(os.path.join(config.run_dir, name))
+        for path in (run.config_json, run.history, run.best):
+            if os.path.exists(path):
+                os.remove(path)
         return
     if os.path.exists(saved):
         with open(saved) as f:
@@ -192,10 +193,9 @@ def _check_run_dir(config, log=print):
             raise ValueError(
                 f"{config.run_dir} holds a run with another configuration ({saved}); pass another "
                 f"--run-dir, or --config {saved} to resume that run")
-    if os.path.exists(RunFolder(config.run_dir).final) and not os.path.isdir(
-            RunFolder(config.run_dir).backup):
+    if os.path.exists(run.final) and not os.path.isdir(run.backup):
         raise ValueError(f"{config.run_dir} holds a finished run (final.keras); pass another --run-dir")
-    if os.path.exists(os.path.join(RunFolder(config.run_dir).backup, "training_metadata.json")):
+    if os.path.exists(os.path.join(run.backup, "training_metadata.json")):
         raise ValueError(
             f"{config.run_dir}/backup was written by an earlier synergyseg (Keras BackupAndRestore), "
             "which this version cannot resume; pass another --run-dir")
@@ -287,9 +287,9 @@ def train(config, *, extra_callbacks=(), log=print):
             optimizer.build(fit_model.trainable_variables)
         # The model and the data are in place: only now does the run folder get its config.
         _write_config(config)
-        backup = RunBackup(RunFolder(config.run_dir).backup,
-                           list(fit_model.variables) + list(optimizer.variables),
-                           history_csv=RunFolder(config.run_dir).history)
+        run = RunFolder(config.run_dir)
+        backup = RunBackup(run.backup, list(fit_model.variables) + list(optimizer.variables),
+                           history_csv=run.history)
         initial_epoch, _ = backup.restore()
         if initial_epoch:
             log(f"Resuming after epoch {initial_epoch} of {config.epochs} from {backup.directory}")
@@ -306,7 +306,6 @@ def train(config, *, extra_callbacks=(), log=print):
                 shuffle=False)  # the tf.data pipeline shuffles; fit's own flag does not apply to it
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    run = RunFolder(config.run_dir)
     save_model(inference_model(model), run.final)
     per_class = next(c for c in callbacks if isinstance(c, cb.PerClassIoU))
     if per_class.val_epoch == config.epochs - 1:
@@ -333,9 +332,9 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
         optimizer.build(model.trainable_variables)  # its slots are part of the checkpoint
     if chief:
         _write_config(config)
-    backup = RunBackup(RunFolder(config.run_dir).backup,
-                       list(model.variables) + list(optimizer.variables),
-                       history_csv=RunFolder(config.run_dir).history, writer=chief)
+    run = RunFolder(config.run_dir)
+    backup = RunBackup(run.backup, list(model.variables) + list(optimizer.variables),
+                       history_csv=run.history, writer=chief)
     initial_epoch, rows = backup.restore()
     if initial_epoch:
         log(f"Resuming after epoch {initial_epoch} of {config.epochs} from {backup.directory}")
@@ -350,7 +349,7 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
     if chief:
         callbacks.append(cb.BestByScore(
             lambda: evaluate_model(copy_to_single(), config, info, log)["mean_iou"],
-            lambda: save_model(inference_model(single), RunFolder(config.run_dir).best),
+            lambda: save_model(inference_model(single), run.best),
             best=_best_so_far(rows)))
     callbacks.append(cb.EpochBackup(backup))
     global_batch = config.batch_size * strategy.num_replicas_in_sync
@@ -363,8 +362,8 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
     result = {"history": {"loss": losses}, "steps": int(optimizer.iterations.numpy()),
               "seconds": time.time() - start, "metrics": None}
     if chief:
-        save_model(inference_model(copy_to_single()), RunFolder(config.run_dir).final)
+        save_model(inference_model(copy_to_single()), run.final)
         result["metrics"] = evaluate_model(single, config, info, log)
-        write_json(RunFolder(config.run_dir).metrics, result["metrics"])
+        write_json(run.metrics, result["metrics"])
         backup.delete()
     return result
