@@ -51,6 +51,19 @@ def test_thin_far_objects_exist_and_vanish_at_half_resolution(scenes):
     assert np.mean(lost) > 0.3
 
 
+def test_people_and_signs_are_common_and_large_enough_to_learn(scenes):
+    # Version 1 hung signs at the poles' tops (out of view on near poles) and kept people far:
+    # no model learned either class (IoU 0.0). Now near ones exist in most scenes, far ones stay.
+    labels = np.stack([label for _, label in scenes])
+    share = np.bincount(labels.ravel(), minlength=data.SYNTHETIC.num_classes) / labels.size
+    assert share[synthetic.PERSON] > 0.015 and share[synthetic.SIGN] > 0.003
+    people = [_object_widths(label == synthetic.PERSON) for label in labels]
+    signs = [_object_widths(label == synthetic.SIGN) for label in labels]
+    assert np.mean([np.any(w >= 12) for w in people]) > 0.5, "a near person in most scenes"
+    assert np.mean([np.any(w >= 8) for w in signs]) > 0.5, "a readable sign in most scenes"
+    assert np.sum(np.concatenate(signs) <= 4) > 10, "and far signs of a few pixels"
+
+
 def test_near_trucks_are_large_and_share_the_facade_palette(scenes):
     heights, widths = [], []
     for _, label in scenes:

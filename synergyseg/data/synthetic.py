@@ -30,6 +30,8 @@ ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, SKY, PERSON, CAR, TRUCK = rang
 assert SYNTHETIC.class_names[TRUCK] == "truck"  # label order is shared with info.SYNTHETIC
 
 CAMERA_HEIGHT_M = 1.5
+# Bumped whenever a seed renders another scene; kept in the shards' manifest.
+SCENE_VERSION = 2
 # One palette for facades and truck containers: sharing it is what makes their texture ambiguous.
 _FACADE_PALETTE = np.array([
     (150, 140, 130), (170, 120, 100), (120, 110, 100), (185, 175, 150), (130, 130, 140),
@@ -206,15 +208,20 @@ def _person(canvas, rng, yb, xc, ppm):
 
 def _pole(canvas, rng, yb, xc, ppm):
     """A dark pole 5-9 m tall, with a sign on most; at least `height / 128` px wide (2 px at
-    256 rows), so the full scale can learn it while half resolution blurs it into its background."""
+    256 rows), so the full scale can learn it while half resolution blurs it into its background.
+
+    Signs (0.6-1.0 m) hang 2.2-3.5 m above the street as real traffic signs do, not at the pole's
+    top: near poles then show their sign inside the image, so the class is learnable (version 1
+    hung them at the top, out of view on near poles, and no model learned them)."""
     thin = canvas.h / 128
     width = max(rng.uniform(0.1, 0.2) * ppm, thin)
     top = yb - rng.uniform(5.0, 9.0) * ppm
     canvas.rect(top, yb, xc - width / 2, xc - width / 2 + width, rng.uniform(25, 40), POLE)
-    if rng.random() < 0.6:
-        size = max(rng.uniform(0.5, 0.8) * ppm, 2 * thin)
+    if rng.random() < 0.8:
+        size = max(rng.uniform(0.6, 1.0) * ppm, 2 * thin)
+        bottom = yb - rng.uniform(2.2, 3.5) * ppm
         color = _SIGN_COLORS[rng.integers(0, len(_SIGN_COLORS))]
-        canvas.rect(top, top + size, xc - size / 2, xc + size / 2, color, SIGN)
+        canvas.rect(bottom - size, bottom, xc - size / 2, xc + size / 2, color, SIGN)
 
 
 def _tree(canvas, rng, yb, xc, ppm):
@@ -255,9 +262,14 @@ def render_scene(seed, height=256, width=512):
     for _ in range(rng.integers(16, 30)):  # poles on both sidewalks, mostly far
         side = rng.choice([-1, 1]) * rng.uniform(road_slope * 1.05, side_slope * 0.95)
         things.append((distance(0.3, 5), "pole", side))
-    for _ in range(rng.integers(4, 10)):
-        side = rng.choice([-1, 1]) * rng.uniform(road_slope, side_slope)
-        things.append((distance(0.4, 3), "person", side))
+    # People from far (1-3 px wide) to near (half the image tall, in front of trucks and walls):
+    # most on the sidewalks, some crossing the road.
+    for _ in range(rng.integers(6, 14)):
+        if rng.random() < 0.7:
+            side = rng.choice([-1, 1]) * rng.uniform(road_slope, side_slope)
+        else:
+            side = rng.uniform(-0.9, 0.9) * road_slope
+        things.append((distance(0.95, 3), "person", side))
     for _ in range(rng.integers(2, 7)):
         things.append((distance(0.6, 2), "car", rng.uniform(-0.75, 0.75) * road_slope))
     for _ in range(rng.integers(0, 4)):
@@ -328,8 +340,8 @@ def generate(out_dir, *, num_train=400, num_val=50, height=256, width=512, seed=
                       image_format) for i in range(count)]
              for split, split_id, count in (("train", 0, num_train), ("val", 1, num_val))}
     split_shards = {"train": num_shards, "val": min(num_shards, max(1, num_val // 25))}
-    parameters = {"dataset": "synthetic", "height": height, "width": width, "seed": seed,
-                  "image_format": image_format}
+    parameters = {"dataset": "synthetic", "version": SCENE_VERSION, "height": height,
+                  "width": width, "seed": seed, "image_format": image_format}
     return shards.write_splits(out_dir, items, encode_scene, num_shards=split_shards,
                                class_names=SYNTHETIC.class_names, workers=workers,
                                parameters=parameters, log=log)

@@ -3,7 +3,7 @@
 import keras
 
 from synergyseg.models.deeplab import build_deeplabv3plus
-from synergyseg.models.fusion import UncertaintyMask, _Fusion, fusion_name, make_fusion
+from synergyseg.models.fusion import HighScaleOnly, UncertaintyMask, _Fusion, fusion_name, make_fusion
 from synergyseg.models.names import FUSED, S_HI, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, ResizeLike
 
@@ -41,10 +41,14 @@ class SynergySeg(keras.Model):
         if not isinstance(fuse, _Fusion):
             raise ValueError(f"fusion must be a fusion name or layer, got {fusion!r}")
         image = keras.Input((None, None, 3), name="image")
-        image_lo = Downsample(2, name="half_resolution")(image)
         # One submodel instance called twice: the two scales share every weight.
         s_hi = submodel(image)
-        s_lo = submodel(image_lo)
+        if isinstance(fuse, HighScaleOnly) and not scale_outputs:
+            # The single-scale model: nothing reads the low scale, so it is not computed (its
+            # forward pass would still move BatchNorm's statistics while training).
+            s_lo = s_hi
+        else:
+            s_lo = submodel(Downsample(2, name="half_resolution")(image))
         fused = fuse([s_lo, s_hi])
         if scale_outputs:
             outputs = {
