@@ -1,0 +1,196 @@
+"""The fusion study: each fusion trained on its own (the paper's Table II claim), several seeds.
+
+    python benchmarks/fusion_study.py                                   # main job's scenes, 3 seeds
+    python benchmarks/fusion_study.py --regime large --seeds 0 1 2 3 4  # 512x1024 scenes, crops
+    python benchmarks/fusion_study.py --smoke --variants single,eq1 --seeds 0 --out /tmp/study
+
+Every variant trains through `train.py` with the same data, steps and recipe as the main job
+(`python train.py`), changing only what the variant names:
+
+    single     the DeepLabV3+ alone (fusion "high": the low scale is not computed)
+    average    two scales, trained through the average of the two maps
+    max        two scales, trained through their per-class maximum
+    eq1        two scales, trained through eq. 1 (fused-only loss, the paper's recipe)
+    eq1_aux    eq. 1 plus per-scale auxiliary losses (aux_loss_weight 0.4)
+    attention  two scales, learned attention fusion (Tao et al.)
+
+Each trained model (final.keras: the last epoch, not a model picked on the validation set) is
+then scored by evaluate.py with the test-time fusion ablation. Runs go in OUT/runs/VARIANT-seedS;
+a finished run (its OUT/runs/.../study/results.json) is skipped, an interrupted one resumes
+(train.py resumes from its backup), so a stop loses at most the run in progress. After every run
+OUT/results.json and OUT/table.md are rewritten from all finished runs. Training cost is the CPU
+time of the train.py process (user + system, all threads), which load on the machine barely
+changes, next to its wall time.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from synergyseg.atomic import write_json, write_text  # noqa: E402
+
+VARIANTS = {  # eq1 first: its seed-0 run is exactly the main job (`python train.py`)
+    "eq1": {"fusion": "uncertainty"},
+    "single": {"fusion": "high"},
+    "average": {"fusion": "average"},
+    "max": {"fusion": "max"},
+    "eq1_aux": {"fusion": "uncertainty", "aux_loss_weight": 0.4},
+    "attention": {"fusion": "attention"},
+}
+# Both regimes use the main job's preset ("synthetic": ResNet-18 width 16, 15 x 50 steps of 8
+# crops); "large" renders the scenes at 512x1024 and trains on 256x512 crops, so near objects are
+# larger than what the full-scale branch sees, as on Cityscapes. Validation is at full size.
+REGIMES = {
+    "synthetic": {},
+    "large": {"synthetic_size": (512, 1024), "crop_size": (256, 512)},
+}
+SMOKE = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "synthetic_train": 8,
+         "synthetic_val": 2, "synthetic_size": (64, 128), "crop_size": (32, 64)}
+THIN = ("pole", "traffic sign", "person")
+LARGE = ("truck", "building")
+
+
+def _flag(name, value):
+    text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return ["--" + name.replace("_", "-"), text]
+
+
+def run_one(out, variant, seed, regime_overrides, log):
+    """Trains and evaluates one variant and seed unless already done; returns its record."""
+    run_dir = os.path.join(out, "runs", f"{variant}-seed{seed}")
+    record_path = os.path.join(run_dir, "study", "record.json")
+    if os.path.exists(record_path):
+        with open(record_path) as f:
+            return json.load(f)
+    overrides = {**regime_overrides, **VARIANTS[variant], "seed": seed, "run_dir": run_dir,
+                 "data_dir": os.path.join(out, "data")}
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--preset", "synthetic",
+               "--no-evaluation"]
+    for name, value in overrides.items():
+        command += _flag(name, value)
+    resumed = os.path.isdir(os.path.join(run_dir, "backup"))
+    log(f"{variant} seed {seed}: training{' (resuming)' if resumed else ''} -> {run_dir}")
+    os.makedirs(run_dir, exist_ok=True)
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    _run(command, os.path.join(run_dir, "study_train.log"))
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - start
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    evaluation = os.path.join(run_dir, "study")
+    _run([sys.executable, os.path.join(ROOT, "evaluate.py"), os.path.join(run_dir, "final.keras"),
+          "--out", evaluation, "--no-speed", "--figures", "0", "--no-progress"],
+         os.path.join(run_dir, "study_evaluate.log"))
+    with open(os.path.join(evaluation, "results.json")) as f:
+        results = json.load(f)
+    record = {"variant": variant, "seed": seed, "train_cpu_s": round(cpu, 1),
+              "train_wall_s": round(wall, 1), "resumed": resumed, **_scores(results)}
+    write_json(record_path, record)
+    log(f"{variant} seed {seed}: mIoU {100 * record['miou']:.1f} "
+        f"(cpu {cpu / 60:.1f} min, wall {wall / 60:.1f} min)")
+    return record
+
+
+def _run(command, log_path):
+    with open(log_path, "a") as log_file:
+        done = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    if done.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}); end of {log_path}:\n{tail}")
+
+
+def _scores(results):
+    """mIoU and per-class IoU of the model and of each test-time fusion, from results.json."""
+    def record(scores):
+        return {"miou": scores["mean_iou"], "iou": scores["per_class_iou"]}
+
+    ablation = {name: record(scores) for name, scores in results.get("ablation", {}).items()}
+    return {**record(results["accuracy"]), "ablation": ablation}
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    values = 100 * np.asarray(values, np.float64)
+    spread = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return f"{values.mean():.1f} ± {spread:.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+
+
+def summarize(records, variants, header):
+    """The markdown table of all finished runs, one row per variant (mean ± std over seeds)."""
+    classes = [c for c in THIN + LARGE if records and c in records[0]["iou"]]
+    lines = [header, "",
+             "| trained with | seeds | mIoU | " + " | ".join(classes) + " | train CPU min |",
+             "|---|---:|---:|" + "---:|" * len(classes) + "---:|"]
+    for variant in variants:
+        rows = [r for r in records if r["variant"] == variant]
+        if not rows:
+            continue
+        cells = [_mean_std([r["iou"].get(c) for r in rows]) for c in classes]
+        cpu = np.mean([r["train_cpu_s"] for r in rows]) / 60
+        lines.append(f"| {variant} | {len(rows)} | {_mean_std([r['miou'] for r in rows])} | "
+                     + " | ".join(cells) + f" | {cpu:.1f} |")
+    fusions = sorted({f for r in records for f in r["ablation"]})
+    if fusions:
+        lines += ["", "Test-time ablation (mIoU, mean ± std over seeds) of each trained model:", "",
+                  "| trained with | " + " | ".join(fusions) + " |",
+                  "|---|" + "---:|" * len(fusions)]
+        for variant in variants:
+            rows = [r for r in records if r["variant"] == variant]
+            if rows:
+                lines.append(f"| {variant} | " + " | ".join(
+                    _mean_std([r["ablation"].get(f, {}).get("miou") for r in rows]) for f in fusions)
+                    + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--regime", choices=sorted(REGIMES), default="synthetic")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated subset of: %(default)s")
+    p.add_argument("--out", help="study folder (default: benchmarks/results/fusion_study_REGIME)")
+    p.add_argument("--smoke", action="store_true", help="a few steps on tiny scenes (tests)")
+    args = p.parse_args(argv)
+    args.variants = args.variants.split(",")
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; expected names from {list(VARIANTS)}")
+    args.out = args.out or os.path.join(ROOT, "benchmarks", "results", f"fusion_study_{args.regime}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    overrides = {**REGIMES[args.regime], **(SMOKE if args.smoke else {})}
+    header = (f"Fusion study, regime `{args.regime}`{' (smoke)' if args.smoke else ''}: "
+              f"preset synthetic with {json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})}; "
+              f"final.keras scored on the validation scenes")
+    records = []
+    # Seed-major order: after each seed every variant has the same number of runs.
+    for seed in args.seeds:
+        for variant in args.variants:
+            records.append(run_one(args.out, variant, seed, overrides, log=print))
+            write_json(os.path.join(args.out, "results.json"),
+                       {"regime": args.regime, "overrides": {k: list(v) if isinstance(v, tuple) else v
+                                                             for k, v in overrides.items()},
+                        "runs": records})
+            write_text(os.path.join(args.out, "table.md"), summarize(records, args.variants, header))
+    print(summarize(records, args.variants, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

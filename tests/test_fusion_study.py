@@ -1,0 +1,41 @@
+"""benchmarks/fusion_study.py end to end in a tiny setting: trains, scores, tabulates, resumes."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY = os.path.join(ROOT, "benchmarks", "fusion_study.py")
+
+
+def _study(out):
+    return subprocess.run([sys.executable, STUDY, "--smoke", "--variants", "single,eq1", "--seeds", "0",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+
+
+def test_study_trains_each_variant_writes_the_table_and_skips_finished_runs(tmp_path):
+    done = _study(tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    runs = {r["variant"]: r for r in results["runs"]}
+    assert sorted(runs) == ["eq1", "single"]
+    # Each variant trained with its own fusion (the config train.py saved says so) ...
+    for variant, fusion in (("single", "high"), ("eq1", "uncertainty")):
+        config = json.loads((tmp_path / "runs" / f"{variant}-seed0" / "config.json").read_text())
+        assert config["fusion"] == fusion and config["seed"] == 0 and config["epochs"] == 1
+    # ... and its record holds evaluate.py's numbers: the model's mIoU is the mean of its
+    # per-class IoUs, and the ablation's eq. 1 column equals the eq. 1-trained model's score.
+    for record in runs.values():
+        ious = [v for v in record["iou"].values() if v is not None]
+        assert abs(record["miou"] - sum(ious) / len(ious)) < 1e-6
+        assert record["train_cpu_s"] > 0
+    assert abs(runs["eq1"]["ablation"]["uncertainty"]["miou"] - runs["eq1"]["miou"]) < 1e-6
+    table = (tmp_path / "table.md").read_text()
+    assert "| single | 1 |" in table and "| eq1 | 1 |" in table and "traffic sign" in table
+    # A second run finds both runs finished: nothing is trained again.
+    model = tmp_path / "runs" / "eq1-seed0" / "final.keras"
+    stamp = model.stat().st_mtime_ns
+    again = _study(tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "training" not in again.stdout and model.stat().st_mtime_ns == stamp
