@@ -11,7 +11,8 @@ import shutil
 import tempfile
 
 
-def _remove(path):
+def remove(path):
+    """Deletes the file, link or folder at `path`, if any."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
@@ -39,7 +40,7 @@ def atomic_output(path):
         if not os.path.lexists(tmp):
             raise RuntimeError(f"nothing was written for {path}")
         if os.path.isdir(path) and not os.path.islink(path):
-            _remove(path)
+            remove(path)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

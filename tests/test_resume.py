@@ -1,9 +1,9 @@
 """train.py killed (SIGKILL) at several instants, rerun each time: it ends as an uninterrupted run does.
 
 The instants, one after the other in one run folder: inside epoch 1's training steps (killed by
-this test), halfway through writing epoch 1's checkpoint (the backup's test hook truncates the
-files it wrote and kills the process), and between epoch 2's commit and its history.csv row.
-Each run is a separate process; the last one resumes at epoch 3.
+this test), inside TensorFlow's write of epoch 1's checkpoint (the backup's test hook kills the
+process as the write merges its shards: `backup/ckpt-1_temp/` stays, as a real kill there
+leaves it), and between epoch 2's commit and its history.csv row. Each run is a separate process; the last one resumes at epoch 3.
 """
 
 import csv
@@ -86,10 +86,12 @@ def test_kills_at_any_instant_resume_to_the_uninterrupted_result(data_dir, tmp_p
     # 1. Killed inside epoch 1's steps: nothing to resume from, and nothing blocks the rerun.
     _run_and_kill_when(_command(data_dir, run), "Epoch 1/3")
     assert not os.path.exists(os.path.join(run, "backup", "state.json"))
-    # 2. Killed while writing epoch 1's checkpoint: nothing is committed, and no history row.
-    killed = _run(_command(data_dir, run), hook="1:write")
+    # 2. Killed inside TensorFlow's write of epoch 1's checkpoint: nothing is committed, no
+    # history row, and TensorFlow's shard folder stays (the next run must not trip on it).
+    killed = _run(_command(data_dir, run), hook="1:temp")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
-    assert not os.path.exists(os.path.join(run, "backup", "state.json"))
+    assert os.listdir(os.path.join(run, "backup")) == ["ckpt-1_temp"]
+    assert os.listdir(os.path.join(run, "backup", "ckpt-1_temp"))
     assert not os.path.exists(os.path.join(run, "history.csv"))
     # 3. Rerun, killed after epoch 2's commit but before its history row is written.
     killed = _run(_command(data_dir, run), hook="2:commit")
@@ -166,6 +168,10 @@ def test_restore_deletes_a_checkpoint_no_state_names(tmp_path):
     backup.save(1, [{"epoch": 0, "loss": 1.0}])
     stray = tmp_path / "backup" / "ckpt-2.index"
     stray.write_bytes(b"cut off by a kill")
+    # What a kill inside TensorFlow's write leaves: the shards in a `_temp` folder.
+    shards = tmp_path / "backup" / "ckpt-2_temp"
+    shards.mkdir()
+    (shards / "part-00000-of-00001.index").write_bytes(b"shard")
     assert _backup(_tiny_model(), tmp_path).restore()[0] == 1
-    assert not stray.exists()
-    assert sorted(p.name for p in (tmp_path / "backup").iterdir())[0].startswith("ckpt-1.")
+    assert not stray.exists() and not shards.exists()
+    assert {p.name.split(".")[0] for p in (tmp_path / "backup").iterdir()} == {"ckpt-1", "state"}

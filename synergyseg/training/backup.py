@@ -9,9 +9,11 @@ variable: weights, batch-norm statistics, dropout seed states, optimizer slots a
 written first, then `state.json` (atomic rename) names them together with the epoch count and
 every finished epoch's logs. A kill before the rename leaves the previous state, a kill after it
 the new one; `history.csv` is rewritten from the rows in `state.json`, so history and weights
-always agree. Files no state names (a checkpoint cut off by a kill) are deleted on restore.
+always agree. Files and folders no state names (a checkpoint cut off by a kill, TensorFlow's
+`ckpt-<epoch>_temp/` shard folder of a write killed before its merge) are deleted on restore.
 """
 
+import contextlib
 import csv
 import glob
 import json
@@ -23,22 +25,43 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from synergyseg.atomic import atomic_output, write_text
+from synergyseg.atomic import atomic_output, remove, write_text
 
 STATE = "state.json"
-# Test hook: "<epoch>:write" SIGKILLs the process halfway through writing the checkpoint of epoch
-# <epoch> (finished epochs, from 1), "<epoch>:commit" just after state.json and before history.csv.
+# Test hook: SIGKILLs the process while saving the state after epoch <epoch> (finished epochs,
+# from 1). "<epoch>:temp": inside TensorFlow's checkpoint write, as its merge step starts (the
+# shards are in `ckpt-<epoch>_temp/`, nothing under the final name); "<epoch>:commit": after
+# state.json, before history.csv.
 KILL_HOOK = "SYNERGYSEG_TEST_KILL_IN_BACKUP"
 
 
-def _kill_here(epoch, stage, prefix=None):
-    if os.environ.get(KILL_HOOK) != f"{epoch}:{stage}":
+def _kill_hook(epoch, stage):
+    return os.environ.get(KILL_HOOK) == f"{epoch}:{stage}"
+
+
+def _kill_here(epoch, stage):
+    if _kill_hook(epoch, stage):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _killed_before_merge(epoch):
+    """Test hook "<epoch>:temp": SIGKILL inside `Checkpoint.write` when it merges its shards."""
+    if not _kill_hook(epoch, "temp"):
+        yield
         return
-    if prefix is not None:  # leave what a write cut off midway leaves: truncated files
-        for path in glob.glob(prefix + ".*"):
-            with open(path, "r+b") as f:
-                f.truncate(os.path.getsize(path) // 2)
-    os.kill(os.getpid(), signal.SIGKILL)
+    from tensorflow.python.ops import gen_io_ops  # the op the eager write calls to merge
+
+    merge = gen_io_ops.merge_v2_checkpoints
+
+    def kill(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    gen_io_ops.merge_v2_checkpoints = kill
+    try:
+        yield
+    finally:
+        gen_io_ops.merge_v2_checkpoints = merge
 
 
 def write_history(path, rows):
@@ -135,8 +158,8 @@ class RunBackup:
             return
         os.makedirs(self.directory, exist_ok=True)
         prefix = self._prefix(epoch)
-        self._checkpoint.write(prefix)
-        _kill_here(epoch, "write", prefix)
+        with _killed_before_merge(epoch):
+            self._checkpoint.write(prefix)
         # Python's JSON keeps NaN (e.g. the IoU of a class absent from validation) as NaN.
         write_text(self.state_path, json.dumps(
             {"epoch": epoch, "checkpoint": os.path.basename(prefix), "history": rows}, indent=1))
@@ -159,12 +182,11 @@ class RunBackup:
             return
         keep = (state or {}).get("checkpoint")
         for path in glob.glob(os.path.join(self.directory, "ckpt-*")):
+            # Folders too: TensorFlow writes the shards into `ckpt-<epoch>_temp/` before its merge.
             if keep is None or not os.path.basename(path).startswith(keep + "."):
-                os.remove(path)
-        # Files of the previous backup format (Keras's BackupAndRestore) or tf's own index.
-        for name in ("checkpoint",):
-            if os.path.exists(os.path.join(self.directory, name)):
-                os.remove(os.path.join(self.directory, name))
+                remove(path)
+        # tf's own index file (this backup never reads it).
+        remove(os.path.join(self.directory, "checkpoint"))
 
     def delete(self):
         """Removes the backup folder (when the run has finished)."""
