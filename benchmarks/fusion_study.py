@@ -24,6 +24,7 @@ changes, next to its wall time.
 """
 
 import argparse
+import glob
 import json
 import os
 import resource
@@ -62,6 +63,21 @@ LARGE = ("truck", "building")
 def _flag(name, value):
     text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
     return ["--" + name.replace("_", "-"), text]
+
+
+def _write_data(out, overrides):
+    """The scenes every run reads, from seed 0 whatever the runs' seeds (train.py would draw
+    them from the first run's seed); kept and reused when already there."""
+    from synergyseg.data import synthetic
+    from synergyseg.training.config import preset
+
+    config = preset("synthetic", **{k: v for k, v in overrides.items() if k.startswith("synthetic_")})
+    data_dir = os.path.join(out, "data")
+    # generate() resumes an interrupted conversion and refuses other parameters.
+    if not (glob.glob(os.path.join(data_dir, "train-*")) and glob.glob(os.path.join(data_dir, "val-*"))):
+        height, width = config.synthetic_size
+        synthetic.generate(data_dir, num_train=config.synthetic_train, num_val=config.synthetic_val,
+                           height=height, width=width, seed=0, log=None)
 
 
 def run_one(out, variant, seed, regime_overrides, log):
@@ -178,6 +194,7 @@ def main(argv=None):
     header = (f"Fusion study, regime `{args.regime}`{' (smoke)' if args.smoke else ''}: "
               f"preset synthetic with {json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})}; "
               f"final.keras scored on the validation scenes")
+    _write_data(args.out, overrides)
     records = []
     # Seed-major order: after each seed every variant has the same number of runs.
     for seed in args.seeds:
