@@ -14,7 +14,7 @@ from synergyseg.export.onnx import export_onnx
 from synergyseg.export.saved_model import export_saved_model
 from synergyseg.models import names
 from synergyseg.models.flops import conv_flops
-from synergyseg.models.mobilenet import build_mobilenetv3_large
+from synergyseg.models.mobilenet import build_mobilenetv3
 from synergyseg.training.config import RunConfig, preset
 from tests.reference import all_layers as _all_layers
 from tests.test_export import SAVED_MODEL_SCRIPT
@@ -76,7 +76,7 @@ def _decisive(probabilities, margin=1e-3):
 # --- the trunk ------------------------------------------------------------------------------
 
 def test_trunk_matches_keras_applications_names_shapes_and_outputs():
-    ours, ref = build_mobilenetv3_large(output_stride=32), _applications_mobilenet()
+    ours, ref = build_mobilenetv3("mobilenetv3_large", output_stride=32), _applications_mobilenet()
     shapes = lambda m: {l.name: [tuple(w.shape) for w in l.weights] for l in m.layers if l.weights}
     assert shapes(ours) == shapes(ref)
     for layer in ours.layers:
@@ -92,7 +92,7 @@ def test_trunk_matches_keras_applications_names_shapes_and_outputs():
 
 
 def test_output_stride_16_dilates_the_last_stage_only():
-    trunk = build_mobilenetv3_large(output_stride=16)
+    trunk = build_mobilenetv3("mobilenetv3_large", output_stride=16)
     low_level, features = trunk(np.zeros((1, 65, 97, 3), "float32"))
     # 65 -> 33 -> 16 -> 8 -> 4 (and 97 -> 49 -> 24 -> 12 -> 6): no stride after stride 16.
     assert low_level.shape == (1, 16, 24, 24) and features.shape == (1, 4, 6, 960)
@@ -103,7 +103,7 @@ def test_output_stride_16_dilates_the_last_stage_only():
     assert {d for name, d in dilations.items() if not name.startswith(("expanded_conv_13",
                                                                      "expanded_conv_14"))} == {(1, 1)}
     with pytest.raises(ValueError, match="output_stride"):
-        build_mobilenetv3_large(output_stride=8)
+        build_mobilenetv3("mobilenetv3_large", output_stride=8)
 
 
 def test_trunk_loads_a_keras_applications_weights_file(tmp_path):
@@ -155,7 +155,7 @@ def test_head_is_separable_by_default_and_within_the_flop_budget():
     assert two_scale < BUDGET_GFLOPS * 1e9
     with pytest.raises(ValueError, match="backbone_width"):
         synergyseg.build_deeplabv3plus(NUM_CLASSES, backbone="mobilenetv3_large", backbone_width=32)
-    with pytest.raises(ValueError, match="output_stride=16 only"):
+    with pytest.raises(ValueError, match="output_stride must be 16 or 32"):
         synergyseg.build_deeplabv3plus(NUM_CLASSES, backbone="mobilenetv3_large", output_stride=8)
 
 

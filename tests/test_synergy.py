@@ -172,3 +172,83 @@ def test_mixed_precision_model_still_outputs_float32_probabilities():
     np.testing.assert_allclose(out["fused"].sum(-1), 1.0, atol=1e-5)
     # The trunk really runs in float16: the point of the policy.
     assert submodel_of(model).get_layer("backbone").get_layer("conv1_conv").compute_dtype == "float16"
+
+
+# --- fusion on the head's grid (fuse_at="decoder") ------------------------------------------
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _numpy_fusion(name, up_lo, s_hi):
+    """Each weightless fusion of fusion.py on maps of one size (U is then the identity)."""
+    if name == "uncertainty":
+        s = up_lo + s_hi * (1 - up_lo)
+    elif name == "uncertainty_confidence":
+        s = up_lo + s_hi * (1 - up_lo.max(-1, keepdims=True))
+    elif name == "low":
+        return up_lo
+    elif name == "high":
+        return s_hi
+    elif name == "average":
+        return 0.5 * (up_lo + s_hi)
+    else:
+        s = np.maximum(up_lo, s_hi)
+    return s / s.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def decoder_model():
+    return build_synergyseg(5, scale_outputs=True, fuse_at="decoder", **tiny_kwargs())
+
+
+@pytest.mark.parametrize("fusion", ["uncertainty", "uncertainty_confidence", "low", "high", "average", "max"])
+def test_decoder_fusion_matches_a_numpy_reference_on_the_high_scale_grid(decoder_model, fusion):
+    model = decoder_model.with_fusion(fusion, scale_outputs=True)
+    x = _images(np.random.default_rng(9), (2, 38, 54, 3))
+    out = model.predict(x, verbose=0)
+    logits = submodel_of(model).logits_model()
+    # The submodel's logits on each scale's own grid, computed apart from the two-scale graph.
+    z_hi = logits.predict(x, verbose=0).astype("float64")
+    z_lo = logits.predict(np.asarray(Downsample(2)(x)), verbose=0).astype("float64")
+    assert z_hi.shape[1:3] == (10, 14) and z_lo.shape[1:3] == (5, 7)  # stride 4 of 38x54 and 19x27
+    s_lo = _softmax(bilinear_resize(z_lo, *z_hi.shape[1:3]))  # resized to the high grid, then softmax
+    s_hi = _softmax(z_hi)
+    up = lambda s: bilinear_resize(s, 38, 54)  # one upsample to the input size
+    np.testing.assert_allclose(out["fused"], up(_numpy_fusion(fusion, s_lo, s_hi)), atol=2e-5)
+    np.testing.assert_allclose(out["s_lo"], up(s_lo), atol=2e-5)
+    np.testing.assert_allclose(out["s_hi"], up(s_hi), atol=2e-5)
+    np.testing.assert_allclose(out["uncertainty"], up(1 - s_lo.max(-1, keepdims=True)), atol=2e-5)
+    # Same output contract as fuse_at="input": a distribution per pixel at the input size.
+    np.testing.assert_allclose(out["fused"].sum(-1), 1.0, atol=1e-5)
+
+
+def test_decoder_fusion_saves_loads_with_safe_mode_and_says_where_it_fuses(decoder_model, tmp_path):
+    x = _images(np.random.default_rng(10), (1, 30, 42, 3))
+    served = decoder_model.with_fusion()
+    assert served.fuse_at == "decoder" and served.get_config()["fuse_at"] == "decoder"
+    loaded = assert_save_load_round_trip(served, x, tmp_path / "decoder.keras")
+    assert loaded.fuse_at == "decoder" and loaded.get_config()["fuse_at"] == "decoder"
+    loaded = assert_save_load_round_trip(decoder_model, x, tmp_path / "decoder_dict.keras")
+    assert loaded.scale_outputs and loaded.fuse_at == "decoder"
+    # Both resolutions on one set of weights; a file of an older version (no fuse_at) fuses at input.
+    at_input = served.with_fusion(fuse_at="input")
+    assert at_input.fuse_at == "input" and at_input.count_params() == served.count_params()
+    config = served.get_config()
+    del config["fuse_at"]
+    assert type(served).from_config(config).fuse_at == "input"
+
+
+def test_decoder_single_scale_skips_the_low_scale_and_bad_fuse_at_is_refused(decoder_model):
+    single = decoder_model.with_fusion("high")
+    assert not any(isinstance(layer, Downsample) for layer in single.layers)
+    x = _images(np.random.default_rng(11), (1, 26, 34, 3))
+    np.testing.assert_allclose(single.predict(x, verbose=0),
+                               decoder_model.predict(x, verbose=0)["s_hi"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"fuse_at must be one of \('input', 'decoder'\), got 'logits'"):
+        decoder_model.with_fusion(fuse_at="logits")
+    from synergyseg import gated_synergyseg
+
+    with pytest.raises(ValueError, match=r"fuse_at='decoder'.*with_fusion\(fuse_at='input'\)"):
+        gated_synergyseg(decoder_model)

@@ -3,18 +3,18 @@
 import keras
 from keras import layers
 
-from synergyseg.models.preprocessing import ImageNetNormalization
+from synergyseg.models.names import MOBILENETS
 from synergyseg.models.resize import ResizeLike
-from synergyseg.models.mobilenet import build_mobilenetv3_large
-from synergyseg.models.names import BACKBONES, OUTPUT_STRIDES
-from synergyseg.models.resnet import build_resnet
+from synergyseg.models.submodel import SegmentationModel, check_trunk, trunk_features
 from synergyseg.models.weights import load_backbone_weights
 
-# ASPP atrous rates at output stride 16; DeepLabV3 doubles them at output stride 8.
+# ASPP atrous rates at output stride 16; DeepLabV3 doubles them at output stride 8 (halved at 32).
 ASPP_RATES_OS16 = (6, 12, 18)
 # Trunks whose head is separable by default: a plain 3x3 head would cost 10x the light trunk
 # (two-scale 1024x2048: 609 GFLOPs with 256 plain filters, 63 with 128 separable; BENCHMARKS.md).
-SEPARABLE_HEAD_BACKBONES = ("mobilenetv3_large",)
+SEPARABLE_HEAD_BACKBONES = MOBILENETS
+# The grid of DeepLabV3+'s logits: the decoder's stride-4 features.
+LOGITS_STRIDE = 4
 
 
 def _conv_bn_relu(x, filters, kernel_size, name, dilation=1, separable=False):
@@ -57,7 +57,7 @@ def decoder(aspp_features, low_level, filters=256, low_level_filters=48, separab
 
 
 @keras.saving.register_keras_serializable(package="synergyseg")
-class DeepLabV3Plus(keras.Model):
+class DeepLabV3Plus(SegmentationModel):
     """DeepLabV3+ mapping raw RGB images to per-pixel class probabilities at the input size.
 
     A functional model whose config holds its constructor arguments, so a saved file says what it
@@ -66,10 +66,10 @@ class DeepLabV3Plus(keras.Model):
     Args:
         num_classes: number of classes (at least 2).
         backbone: one of `names.BACKBONES`: "resnet50" (the paper's), "resnet101",
-            "resnet18"/"resnet34" for quick CPU runs, or "mobilenetv3_large" (the real-time
-            trunk; its ImageNet weights load from keras.applications' file).
-        output_stride: 16 (default) or 8; ASPP rates are (6, 12, 18) at 16 and doubled at 8.
-            MobileNetV3 supports 16 only.
+            "resnet18"/"resnet34" for quick CPU runs, or a MobileNetV3 variant of
+            `names.MOBILENETS` (real-time trunks; ImageNet weights from keras.applications' file).
+        output_stride: of `names.BACKBONE_OUTPUT_STRIDES[backbone]`: 16 (default) or 8 for
+            ResNets; ASPP rates are (6, 12, 18) at 16, doubled at 8, halved at 32.
         backbone_width: channels of a ResNet trunk's first stage (64 in the real networks);
             MobileNetV3 has its published widths, so it must stay 64.
         head_filters: channels of ASPP and the decoder (256 in the paper).
@@ -80,46 +80,33 @@ class DeepLabV3Plus(keras.Model):
             trunk's head: separable for MobileNetV3 (the real-time model), plain for ResNets.
 
     Input `(batch, h, w, 3)` RGB in [0, 255], uint8 or float, any h and w; output
-    `(batch, h, w, num_classes)` float32 softmax probabilities.
+    `(batch, h, w, num_classes)` float32 softmax probabilities. `logits_model()` gives the logits
+    on the decoder's stride-4 grid instead (for `SynergySeg(fuse_at="decoder")`).
 
     Example:
         >>> model = DeepLabV3Plus(num_classes=19)
         >>> probs = model(images)          # (batch, h, w, 19)
     """
 
+    head = "deeplabv3plus"  # its name in `names.HEADS`
+
     def __init__(self, num_classes, backbone="resnet50", output_stride=16, backbone_width=64,
                  head_filters=256, low_level_filters=48, dropout=0.1, separable=None,
                  name="deeplabv3plus", **kwargs):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if backbone not in BACKBONES:
-            raise ValueError(f"Unknown backbone {backbone!r}; expected one of {BACKBONES}")
-        if output_stride not in OUTPUT_STRIDES:
-            strides = " or ".join(map(str, sorted(OUTPUT_STRIDES)))
-            raise ValueError(f"DeepLabV3+ output_stride must be {strides}, got {output_stride!r}")
+        check_trunk("DeepLabV3+", backbone, output_stride, backbone_width)
 
         if separable is None:
             separable = backbone in SEPARABLE_HEAD_BACKBONES
         image = keras.Input((None, None, 3), name="image")
-        if backbone.startswith("resnet"):
-            x = ImageNetNormalization(name="imagenet_normalization")(image)
-            trunk = build_resnet(backbone, output_stride=output_stride, width=backbone_width, name="backbone")
-        else:
-            _check_mobilenet(backbone, output_stride, backbone_width)
-            # The trunk normalizes itself (x / 127.5 - 1), as keras.applications' MobileNetV3 does.
-            x = image
-            trunk = build_mobilenetv3_large(output_stride=output_stride, name="backbone")
-        low_level, features = trunk(x)
+        low_level, features = trunk_features(image, backbone, output_stride, backbone_width, skip_stride=4)
 
         rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
         x = aspp(features, head_filters, rates, dropout, separable=separable)
         x = decoder(x, low_level, head_filters, low_level_filters, separable=separable)
         logits = layers.Conv2D(num_classes, 1, name="classifier")(x)
-        # Upsample logits (not probabilities) to the input size, then softmax in float32 so mixed
-        # precision never feeds half-precision probabilities to the loss.
-        logits = ResizeLike(name="logits_upsample")([logits, image])
-        probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-        super().__init__(image, probs, name=name, **kwargs)
+        super().__init__(image, logits, name=name, **kwargs)
 
         self.num_classes = num_classes
         self.backbone = backbone
@@ -131,9 +118,9 @@ class DeepLabV3Plus(keras.Model):
         self.separable = separable
 
     @property
-    def trunk(self):
-        """The trunk (a nested model whose weights load from keras.applications files)."""
-        return self.get_layer("backbone")
+    def logits_stride(self):
+        """Stride of `logits_model()`'s grid."""
+        return LOGITS_STRIDE
 
     def pooled_context_models(self):
         """Two views of this model (same weights) to run it on tiles with the whole image's context.
@@ -165,15 +152,6 @@ class DeepLabV3Plus(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _check_mobilenet(backbone, output_stride, backbone_width):
-    if output_stride != 16:
-        raise ValueError(f"backbone={backbone!r} supports output_stride=16 only, got {output_stride!r}")
-    if backbone_width != 64:
-        raise ValueError(
-            f"backbone_width={backbone_width!r} applies to ResNet trunks only; {backbone!r} has its "
-            "published widths (leave backbone_width at 64)")
 
 
 def build_deeplabv3plus(num_classes, backbone="resnet50", output_stride=16, backbone_weights=None, **kwargs):

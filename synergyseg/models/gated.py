@@ -352,7 +352,8 @@ def gated_synergyseg(model, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN, 
     """A `GatedSynergySeg` sharing a trained SynergySeg model's submodel and fusion (nothing copied).
 
     Args:
-        model: a `SynergySeg` (or a two-scale model saved by an older version).
+        model: a `SynergySeg` fused at the input size (`fuse_at="input"`), or a two-scale model
+            saved by an older version.
         tile_size, margin, fraction, threshold, max_tiles, pooling, scale_outputs: as in
             `GatedSynergySeg`; fraction and threshold both None means `DEFAULT_FRACTION`.
 
@@ -360,6 +361,11 @@ def gated_synergyseg(model, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN, 
         >>> gated = gated_synergyseg(keras.models.load_model("runs/synthetic/best.keras"), fraction=0.25)
     """
     model = as_synergyseg(model)
+    if model.fuse_at != "input":
+        # The tiles are fused at the input size; a model fused on its head's grid computes another
+        # function, so gating it would not be the same model with less work.
+        raise ValueError(f"gated inference fuses at the input size; this model fuses at "
+                         f"fuse_at={model.fuse_at!r}: pass model.with_fusion(fuse_at='input') to gate it")
     return GatedSynergySeg(model.submodel, model.fusion, tile_size=tile_size, margin=margin, fraction=fraction,
                            threshold=threshold, max_tiles=max_tiles, pooling=pooling,
                            scale_outputs=scale_outputs, class_names=model.class_names, palette=model.palette,

@@ -1,14 +1,38 @@
 """The model's names, importing nothing: checked by `RunConfig.validate` before any TensorFlow loads.
 
 Each tuple is the one list of its kind; the modules that implement the names (`resnet.RESNETS`,
-`fusion.FUSIONS`) are tested to hold exactly these.
+`mobilenet.MOBILENETS`, `fusion.FUSIONS`) are tested to hold exactly these.
 """
 
-# Trunks of `build_deeplabv3plus` (synergyseg/models/resnet.py; mobilenet.py for the real-time one).
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv3_large")
+# Trunks (synergyseg/models/resnet.py; mobilenet.py for the real-time ones). The MobileNetV3
+# variants (Howard et al. 2019): "mobilenetv3_large" is the whole network (output stride 32) or
+# its last stage dilated (16); "_reduced" dilates the last stage and halves its channels (the
+# paper's "reduced tail" for segmentation, section 6.4); "_cut16" ends after the stride-16 stage.
+MOBILENETS = ("mobilenetv3_large", "mobilenetv3_large_reduced", "mobilenetv3_large_cut16",
+              "mobilenetv3_small", "mobilenetv3_small_reduced")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101") + MOBILENETS
 
-# DeepLabV3+ output strides; ASPP rates are (6, 12, 18) at 16 and doubled at 8.
-OUTPUT_STRIDES = (16, 8)
+# Output strides of the trunk's deepest features, per trunk; the first is the default.
+RESNET_OUTPUT_STRIDES = (16, 8)
+BACKBONE_OUTPUT_STRIDES = {
+    **{name: RESNET_OUTPUT_STRIDES for name in BACKBONES[:4]},
+    "mobilenetv3_large": (16, 32),
+    "mobilenetv3_large_reduced": (16,),
+    "mobilenetv3_large_cut16": (16,),
+    "mobilenetv3_small": (16, 32),
+    "mobilenetv3_small_reduced": (16,),
+}
+# Every output stride some trunk has.
+OUTPUT_STRIDES = (32, 16, 8)
+
+# Segmentation heads on a trunk: DeepLabV3+ (deeplab.py; ASPP rates (6, 12, 18) at output stride
+# 16, doubled at 8, halved at 32) and LR-ASPP (lraspp.py, MobileNetV3 paper section 6.4).
+HEADS = ("deeplabv3plus", "lraspp")
+
+# Where a two-scale model applies softmax and fuses (synergy.py): "input", both scales' maps
+# upsampled to the input size first; "decoder", on the high scale's head grid (stride 4 for
+# DeepLabV3+, 8 for LR-ASPP), the fused map upsampled once.
+FUSE_AT = ("input", "decoder")
 
 # Fusions of the two scales (synergyseg/models/fusion.py); the first is the paper's eq. 1.
 FUSIONS = ("uncertainty", "uncertainty_confidence", "low", "high", "average", "max", "attention")

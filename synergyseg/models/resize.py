@@ -21,6 +21,9 @@ def resize_bilinear(images, size):
     `size` may hold Python ints or scalar tensors (a dynamic shape). The result keeps the input dtype.
     """
     dtype = images.dtype
+    if _is_static(size) and tuple(images.shape[1:3]) == tuple(size):
+        # Same size: half-pixel bilinear sampling is the identity (no op in an exported graph).
+        return images
     if _is_static(size):
         out = ops.image.resize(images, tuple(size), interpolation="bilinear")
     elif keras.backend.backend() == "tensorflow":

@@ -76,17 +76,20 @@ def _basic_block(x, filters, stride, dilation, shortcut_conv, name):
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def build_resnet(depth="resnet50", output_stride=16, width=64, name=None):
-    """Builds a ResNet trunk that returns `[stride-4 features, final features]`.
+def build_resnet(depth="resnet50", output_stride=16, width=64, skip_strides=(4,), name=None):
+    """Builds a ResNet trunk that returns `[features at each of skip_strides..., final features]`.
 
     Args:
         depth: one of `RESNETS` ("resnet18", "resnet34", "resnet50", "resnet101").
         output_stride: 32 (plain ResNet), 16 (conv5 dilated by 2, DeepLabV3+'s default) or 8
             (conv4 dilated by 2, conv5 by 4).
         width: channels of the first stage; 64 for the real networks, smaller for quick tests.
+        skip_strides: strides (4 or 8) of the earlier features to return, in that order: the last
+            block's output at each (conv2 at 4; conv3 at 8, or conv4 at output stride 8).
         name: model name, `depth` by default.
 
-    Input `(batch, h, w, 3)` normalized images; outputs `(batch, ceil(h/4), ceil(w/4), c2)` and
+    Input `(batch, h, w, 3)` normalized images; outputs (with the default skip stride 4)
+    `(batch, ceil(h/4), ceil(w/4), c2)` and
     `(batch, ceil(h/os), ceil(w/os), c5)`, with c5 = 32 * width (bottleneck) or 8 * width (basic).
     """
     if depth not in RESNETS:
@@ -112,8 +115,10 @@ def build_resnet(depth="resnet50", output_stride=16, width=64, name=None):
         (4, 4 * width, 1 if d4 > 1 else 2, d4),
         (5, 8 * width, 1 if d5 > 1 else 2, d5),
     ]
-    previous_dilation = 1
-    stride4 = None
+    bad = [s for s in skip_strides if s not in (4, 8)]
+    if bad:
+        raise ValueError(f"skip_strides must be among 4 and 8, got {tuple(skip_strides)}")
+    previous_dilation, total_stride, skips = 1, 4, {}  # stride 4 after the max pooling
     for (stage, filters, stride, dilation), num_blocks in zip(stages, spec.blocks):
         for i in range(1, num_blocks + 1):
             first = i == 1
@@ -127,6 +132,7 @@ def build_resnet(depth="resnet50", output_stride=16, width=64, name=None):
                 name=f"conv{stage}_block{i}",
             )
         previous_dilation = dilation
-        if stage == 2:
-            stride4 = x
-    return keras.Model(inputs, [stride4, x], name=name or depth)
+        total_stride *= stride
+        if stage < 5:
+            skips[total_stride] = x
+    return keras.Model(inputs, [skips[s] for s in skip_strides] + [x], name=name or depth)

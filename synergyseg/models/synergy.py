@@ -1,10 +1,12 @@
-"""The two-scale SynergySeg model: one shared DeepLabV3+ on the full and the half-resolution image."""
+"""The two-scale SynergySeg model: one shared submodel (DeepLabV3+ or LR-ASPP) on the full and the
+half-resolution image, fused at the input size or on the head's grid."""
 
 import keras
 
 from synergyseg.models.deeplab import build_deeplabv3plus
 from synergyseg.models.fusion import HighScaleOnly, UncertaintyMask, _Fusion, fusion_name, make_fusion
-from synergyseg.models.names import FUSED, S_HI, S_LO, UNCERTAINTY
+from synergyseg.models.lraspp import build_lraspp
+from synergyseg.models.names import FUSE_AT, FUSED, HEADS, S_HI, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, ResizeLike
 
 
@@ -12,22 +14,28 @@ from synergyseg.models.resize import Downsample, ResizeLike
 class SynergySeg(keras.Model):
     """The paper's model: a shared segmentation submodel at scales 1.0 and 0.5, merged by a fusion.
 
-    A functional model (as keras-hub's task classes) whose config holds the submodel, the fusion
-    and the class names, so a loaded file says what it is: `model.backbone`, `model.fusion_name`,
-    `model.num_classes`, `model.class_names`.
+    A functional model (as keras-hub's task classes) whose config holds the submodel, the fusion,
+    where it fuses and the class names, so a loaded file says what it is: `model.backbone`,
+    `model.head`, `model.fusion_name`, `model.fuse_at`, `model.num_classes`, `model.class_names`.
 
     Args:
-        submodel: the shared per-scale model, e.g. a `DeepLabV3Plus`; maps `(batch, h, w, 3)`
-            RGB in [0, 255] to `(batch, h, w, C)` probabilities.
+        submodel: the shared per-scale model, a `DeepLabV3Plus` or `LRASPP`; maps `(batch, h, w,
+            3)` RGB in [0, 255] to `(batch, h, w, C)` probabilities.
         fusion: a name of `names.FUSIONS` ("uncertainty" is eq. 1) or a fusion layer (reused
             with its weights, as `with_fusion` does).
         scale_outputs: if True, the model returns a dict with "fused", "s_lo" (the low scale's
             prediction upsampled to the input size), "s_hi" and "uncertainty" (`U(1 - max_c S_lo)`),
             for auxiliary losses, ablations and pictures; otherwise only the fused map.
         class_names, palette: the dataset's class names and RGB colours (travel with the model).
+        fuse_at: where softmax and the fusion run (`names.FUSE_AT`). "input": each scale's
+            probabilities at its input size (the submodel's output), the low scale's upsampled 2x
+            by the fusion. "decoder": each scale's logits on its head's grid (`logits_model()`:
+            stride 4 for DeepLabV3+, 8 for LR-ASPP), the low scale's resized to the high scale's
+            grid, softmax and the fusion there, and the fused map (and "s_lo", "s_hi",
+            "uncertainty") upsampled once to the input size: 1/16 (1/64) of the fusion's work.
 
     Input `(batch, h, w, 3)` RGB in [0, 255], any h and w (odd too); output `(batch, h, w,
-    num_classes)` float32 probabilities (or the dict above).
+    num_classes)` float32 probabilities (or the dict above), at the input size either way.
 
     Example:
         >>> model = build_synergyseg(num_classes=19)
@@ -36,34 +44,29 @@ class SynergySeg(keras.Model):
     """
 
     def __init__(self, submodel, fusion="uncertainty", scale_outputs=False, class_names=None,
-                 palette=None, name="synergyseg", **kwargs):
+                 palette=None, fuse_at="input", name="synergyseg", **kwargs):
         fuse = make_fusion(fusion) if isinstance(fusion, str) else fusion
         if not isinstance(fuse, _Fusion):
             raise ValueError(f"fusion must be a fusion name or layer, got {fusion!r}")
+        if fuse_at not in FUSE_AT:
+            raise ValueError(f"fuse_at must be one of {FUSE_AT}, got {fuse_at!r}")
+        if fuse_at == "decoder" and not hasattr(submodel, "logits_model"):
+            raise ValueError(f"fuse_at='decoder' needs a submodel with logits_model() (DeepLabV3Plus, "
+                             f"LRASPP); {type(submodel).__name__} has none: use fuse_at='input'")
         image = keras.Input((None, None, 3), name="image")
-        # One submodel instance called twice: the two scales share every weight.
-        s_hi = submodel(image)
-        if isinstance(fuse, HighScaleOnly) and not scale_outputs:
-            # The single-scale model: nothing reads the low scale, so it is not computed (its
-            # forward pass would still move BatchNorm's statistics while training).
-            s_lo = s_hi
+        # The single-scale model: nothing reads the low scale, so it is not computed (its forward
+        # pass would still move BatchNorm's statistics while training).
+        single = isinstance(fuse, HighScaleOnly) and not scale_outputs
+        if fuse_at == "input":
+            outputs = _fused_at_input(submodel, fuse, image, single, scale_outputs)
         else:
-            s_lo = submodel(Downsample(2, name="half_resolution")(image))
-        fused = fuse([s_lo, s_hi])
-        if scale_outputs:
-            outputs = {
-                FUSED: fused,
-                S_LO: ResizeLike(name="s_lo_upsample", dtype="float32")([s_lo, image]),
-                S_HI: s_hi,
-                UNCERTAINTY: UncertaintyMask(name="uncertainty")([s_lo, image]),
-            }
-        else:
-            outputs = fused
+            outputs = _fused_at_decoder(submodel.logits_model(), fuse, image, single, scale_outputs)
         super().__init__(image, outputs, name=name, **kwargs)
 
         self.submodel = submodel
         self.fusion = fuse
         self.scale_outputs = bool(scale_outputs)
+        self.fuse_at = fuse_at
         num_classes = submodel.output.shape[-1]
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for a model of {num_classes} classes")
@@ -82,6 +85,11 @@ class SynergySeg(keras.Model):
         return fusion_name(self.fusion)
 
     @property
+    def head(self):
+        """The submodel's head name in `names.HEADS` (None for a submodel of another kind)."""
+        return getattr(self.submodel, "head", None)
+
+    @property
     def backbone(self):
         """The submodel's trunk name (None for a submodel that does not say)."""
         return getattr(self.submodel, "backbone", None)
@@ -90,16 +98,17 @@ class SynergySeg(keras.Model):
     def output_stride(self):
         return getattr(self.submodel, "output_stride", None)
 
-    def with_fusion(self, fusion=None, scale_outputs=False):
-        """A SynergySeg that shares these weights, with another fusion (name) or extra outputs.
+    def with_fusion(self, fusion=None, scale_outputs=False, fuse_at=None):
+        """A SynergySeg that shares these weights, with another fusion (name), resolution or extra outputs.
 
         Nothing is copied or retrained: the new model calls the same submodel instance, so an
-        ablation can compare fusions on one set of trained weights. `fusion=None` keeps this
-        model's fusion layer (and its weights, for "attention").
+        ablation can compare fusions (or `fuse_at` "input" and "decoder") on one set of trained
+        weights. `fusion=None` keeps this model's fusion layer (and its weights, for "attention");
+        `fuse_at=None` keeps this model's.
         """
         return SynergySeg(self.submodel, fusion if fusion is not None else self.fusion,
                           scale_outputs=scale_outputs, class_names=self.class_names,
-                          palette=self.palette, name=self.name)
+                          palette=self.palette, fuse_at=fuse_at or self.fuse_at, name=self.name)
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", decay_steps=None, **kwargs):
         """Compiles with the paper's recipe for each argument left at "auto".
@@ -138,11 +147,50 @@ class SynergySeg(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
-        return two_scale_config(self)
+        return {**two_scale_config(self), "fuse_at": self.fuse_at}
 
     @classmethod
     def from_config(cls, config):
         return cls(**two_scale_parts(config))
+
+
+def _fused_at_input(submodel, fuse, image, single, scale_outputs):
+    """Eq. 1 at the input size: each scale's probabilities at its input size, U = 2x upsample."""
+    s_hi = submodel(image)
+    s_lo = s_hi if single else submodel(Downsample(2, name="half_resolution")(image))
+    fused = fuse([s_lo, s_hi])
+    if not scale_outputs:
+        return fused
+    return {
+        FUSED: fused,
+        S_LO: ResizeLike(name="s_lo_upsample", dtype="float32")([s_lo, image]),
+        S_HI: s_hi,
+        UNCERTAINTY: UncertaintyMask(name="uncertainty")([s_lo, image]),
+    }
+
+
+def _fused_at_decoder(logits_model, fuse, image, single, scale_outputs):
+    """Eq. 1 on the high scale's head grid: the low scale's logits resized there, softmax and the
+    fusion there (its U is then the identity), one upsample of the result to the input size."""
+    z_hi = logits_model(image)
+    if single:
+        z_lo = z_hi
+    else:
+        z_lo = logits_model(Downsample(2, name="half_resolution")(image))
+        z_lo = ResizeLike(name="s_lo_to_decoder_grid")([z_lo, z_hi])
+    # Softmax in float32, as the submodel's own output (mixed precision never feeds the fusion halves).
+    s_hi = keras.layers.Activation("softmax", dtype="float32", name="s_hi_probabilities")(z_hi)
+    s_lo = s_hi if single else keras.layers.Activation(
+        "softmax", dtype="float32", name="s_lo_probabilities")(z_lo)
+    fused = ResizeLike(name="fused_upsample", dtype="float32")([fuse([s_lo, s_hi]), image])
+    if not scale_outputs:
+        return fused
+    return {
+        FUSED: fused,
+        S_LO: ResizeLike(name="s_lo_upsample", dtype="float32")([s_lo, image]),
+        S_HI: ResizeLike(name="s_hi_upsample", dtype="float32")([s_hi, image]),
+        UNCERTAINTY: UncertaintyMask(name="uncertainty")([s_lo, image]),
+    }
 
 
 def two_scale_config(model):
@@ -192,31 +240,34 @@ def build_synergyseg(
     class_names=None,
     palette=None,
     name="synergyseg",
-    **deeplab_kwargs,
+    head="deeplabv3plus",
+    fuse_at="input",
+    **head_kwargs,
 ):
-    """Builds the paper's model: a shared DeepLabV3+ at scales 1.0 and 0.5, merged by `fusion`.
+    """Builds the paper's model: a shared submodel at scales 1.0 and 0.5, merged by `fusion`.
 
     Args:
         num_classes: number of classes (at least 2).
-        backbone, output_stride, backbone_weights: as in `build_deeplabv3plus`.
+        backbone, output_stride, backbone_weights: as in `build_deeplabv3plus` / `build_lraspp`.
         fusion: "uncertainty" (eq. 1, default), "uncertainty_confidence", "low", "high",
             "average", "max" or "attention" (see `synergyseg.models.fusion`).
-        scale_outputs, class_names, palette: as in `SynergySeg`.
-        **deeplab_kwargs: passed to `build_deeplabv3plus` (backbone_width, head_filters, ...).
+        scale_outputs, class_names, palette, fuse_at: as in `SynergySeg`.
+        head: the submodel, one of `names.HEADS`: "deeplabv3plus" (the paper's) or "lraspp".
+        **head_kwargs: passed to `build_deeplabv3plus` (backbone_width, head_filters,
+            low_level_filters, dropout, separable) or `build_lraspp` (backbone_width, head_filters).
 
     Example:
         >>> model = build_synergyseg(num_classes=19)
+        >>> fast = build_synergyseg(19, backbone="mobilenetv3_large_cut16", head="lraspp", fuse_at="decoder")
     """
+    if head not in HEADS:
+        raise ValueError(f"Unknown head {head!r}; expected one of {HEADS}")
     fuse = make_fusion(fusion)
-    submodel = build_deeplabv3plus(
-        num_classes,
-        backbone=backbone,
-        output_stride=output_stride,
-        backbone_weights=backbone_weights,
-        **deeplab_kwargs,
-    )
+    build = build_lraspp if head == "lraspp" else build_deeplabv3plus
+    submodel = build(num_classes, backbone=backbone, output_stride=output_stride,
+                     backbone_weights=backbone_weights, **head_kwargs)
     return SynergySeg(submodel, fuse, scale_outputs=scale_outputs, class_names=class_names,
-                      palette=palette, name=name)
+                      palette=palette, fuse_at=fuse_at, name=name)
 
 
 def as_synergyseg(model, source="model"):
@@ -238,11 +289,11 @@ def as_synergyseg(model, source="model"):
     return SynergySeg(submodels[0], fusions[0], scale_outputs=isinstance(model.output, dict), name=model.name)
 
 
-def with_fusion(model, fusion=None, scale_outputs=False):
+def with_fusion(model, fusion=None, scale_outputs=False, fuse_at=None):
     """`model.with_fusion(...)` for any SynergySeg model, including one saved by an older version."""
-    return as_synergyseg(model).with_fusion(fusion, scale_outputs)
+    return as_synergyseg(model).with_fusion(fusion, scale_outputs, fuse_at)
 
 
 def submodel_of(model):
-    """The shared DeepLabV3+ inside a SynergySeg model (to run it alone or swap fusions)."""
+    """The shared submodel inside a SynergySeg model (to run it alone or swap fusions)."""
     return as_synergyseg(model).submodel

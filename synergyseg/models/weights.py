@@ -4,17 +4,22 @@ import os
 
 import keras
 
+from synergyseg.models.mobilenet import MOBILENETS, NOT_PRETRAINED_PREFIX, applications_name
+
 # Trunks whose weights load from a keras.applications file, and the constructor that reads it.
-APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "mobilenetv3_large": "MobileNetV3Large"}
+APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101",
+                **{name: applications_name(name) for name in MOBILENETS}}
 
 
 def load_backbone_weights(trunk, backbone, path):
     """Sets `trunk`'s weights from the local file `path`, layer by layer, and checks every shape.
 
-    For "resnet50"/"resnet101"/"mobilenetv3_large" the file is what
-    `keras.applications.ResNet50(include_top=False)` (or `ResNet101`, `MobileNetV3Large`) loads:
-    the ImageNet "notop" .h5 keras.applications publishes, or weights saved from such a model. For
-    the other trunks it is a weights file saved from the same trunk (`trunk.save_weights(...)`).
+    For "resnet50"/"resnet101" and the MobileNetV3 variants the file is what
+    `keras.applications.ResNet50(include_top=False)` (or `ResNet101`, `MobileNetV3Large`,
+    `MobileNetV3Small`) loads: the ImageNet "notop" .h5 keras.applications publishes, or weights
+    saved from such a model; every layer the variant keeps is set (a reduced tail's halved layers,
+    named `reduced_...`, keep their initial values). For the other trunks it is a weights file
+    saved from the same trunk (`trunk.save_weights(...)`).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -31,7 +36,8 @@ def load_backbone_weights(trunk, backbone, path):
         raise ValueError(f"Backbone weights file {path} does not match the {backbone} trunk: {e}") from e
 
     source = {layer.name: layer for layer in reference.layers if layer.weights}
-    targets = [layer for layer in trunk.layers if layer.weights]
+    targets = [layer for layer in trunk.layers
+               if layer.weights and not layer.name.startswith(NOT_PRETRAINED_PREFIX)]
     missing = [layer.name for layer in targets if layer.name not in source]
     if missing:
         raise ValueError(

@@ -1,0 +1,81 @@
+"""What every per-scale model (DeepLabV3+, LR-ASPP) shares: its trunk, and logits at two resolutions.
+
+A per-scale model maps raw RGB images to float32 class probabilities at the input size (its
+output, what the "input" fusion of `SynergySeg` reads); `logits_model()` is a view of the same
+layers that stops at the head's own grid (stride 4 for DeepLabV3+, 8 for LR-ASPP), before the
+upsample and the softmax, for the "decoder" fusion.
+"""
+
+import keras
+from keras import layers
+
+from synergyseg.models import names
+from synergyseg.models.mobilenet import build_mobilenetv3
+from synergyseg.models.preprocessing import ImageNetNormalization
+from synergyseg.models.resize import ResizeLike
+from synergyseg.models.resnet import build_resnet
+
+# The layers every per-scale model names so: its trunk, and the upsample its logits go through.
+TRUNK = "backbone"
+LOGITS_UPSAMPLE = "logits_upsample"
+
+
+def check_trunk(head, backbone, output_stride, backbone_width):
+    """Raises ValueError naming the argument when `backbone` / `output_stride` / width cannot work."""
+    if backbone not in names.BACKBONES:
+        raise ValueError(f"Unknown backbone {backbone!r}; expected one of {names.BACKBONES}")
+    allowed = names.BACKBONE_OUTPUT_STRIDES[backbone]
+    if output_stride not in allowed:
+        strides = " or ".join(map(str, sorted(allowed)))
+        only = " only" if len(allowed) == 1 else ""
+        raise ValueError(f"{head} output_stride must be {strides}{only} with backbone={backbone!r}, "
+                         f"got {output_stride!r}")
+    if backbone in names.MOBILENETS and backbone_width != 64:
+        raise ValueError(
+            f"backbone_width={backbone_width!r} applies to ResNet trunks only; {backbone!r} has its "
+            "published widths (leave backbone_width at 64)")
+
+
+def trunk_features(image, backbone, output_stride, backbone_width, skip_stride):
+    """`[skip features, deepest features]` of the trunk `backbone` (a nested model named TRUNK) on raw RGB.
+
+    ResNets get keras.applications' ImageNet normalization first (RGB -> BGR, mean subtracted);
+    MobileNetV3 normalizes itself (x / 127.5 - 1), as keras.applications' does.
+    """
+    if backbone in names.MOBILENETS:
+        trunk = build_mobilenetv3(backbone, output_stride=output_stride, skip_strides=(skip_stride,),
+                                  name=TRUNK)
+        return trunk(image)
+    x = ImageNetNormalization(name="imagenet_normalization")(image)
+    trunk = build_resnet(backbone, output_stride=output_stride, width=backbone_width,
+                         skip_strides=(skip_stride,), name=TRUNK)
+    return trunk(x)
+
+
+class SegmentationModel(keras.Model):
+    """Base of the per-scale models: `image` -> softmax of `logits` upsampled to the input size.
+
+    Subclasses build `logits` (any grid) from the `image` input and call this constructor; their
+    config holds their plain arguments.
+    """
+
+    def __init__(self, image, logits, **kwargs):
+        # Upsample logits (not probabilities) to the input size, then softmax in float32 so mixed
+        # precision never feeds half-precision probabilities to the loss.
+        logits = ResizeLike(name=LOGITS_UPSAMPLE)([logits, image])
+        probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+        super().__init__(image, probs, **kwargs)
+
+    @property
+    def trunk(self):
+        """The trunk (a nested model whose weights load from keras.applications files)."""
+        return self.get_layer(TRUNK)
+
+    def logits_model(self):
+        """A view of this model (same layers and weights): images -> logits on the head's grid.
+
+        The output is `(batch, ~h/s, ~w/s, num_classes)` in the compute dtype, `s` the head's
+        output stride (`logits_stride`), before the upsample and softmax the model itself applies.
+        """
+        logits = self.get_layer(LOGITS_UPSAMPLE).input[0]
+        return keras.Model(self.inputs, logits, name=f"{self.name}_logits")
