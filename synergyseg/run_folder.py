@@ -10,17 +10,21 @@
     RUN/tensorboard/         TensorBoard logs
     RUN/evaluation/          evaluate.py's tables and figures
 
-train.py, evaluate.py, export and predict find these paths and read the config here only.
+train.py, evaluate.py, export and predict find these paths and read the config here only, and
+write (`save_model`) and read (`load_model`) model files here only: neither passes a model with a
+NaN or infinite variable.
 """
 
 import dataclasses
 import os
 
 import keras
+import numpy as np
 
 from synergyseg.data.info import info_for
 from synergyseg.models.names import FUSED
 from synergyseg.models.synergy import as_synergyseg
+from synergyseg.atomic import atomic_output
 from synergyseg.training.config import RunConfig
 
 # The best checkpoint by validation mIoU, else the last epoch's.
@@ -88,16 +92,49 @@ def resolve_model_path(path):
     return path
 
 
+def non_finite_variables(variables):
+    """Paths of the variables that hold NaN or infinity (weights, moving statistics, slots)."""
+    bad = []
+    for v in variables:
+        value = np.asarray(v)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad.append(getattr(v, "path", getattr(v, "name", "?")))
+    return bad
+
+
+def check_finite(model, path):
+    """Raises ValueError naming `path` and the first of `model`'s variables that is not finite.
+
+    A diverged training leaves NaN or infinity in a variable (often a batch-norm variance); such a
+    model predicts one class everywhere, so no tool writes, scores, exports or serves it.
+    """
+    bad = non_finite_variables(model.weights)
+    if bad:
+        raise ValueError(
+            f"{path}: variable {bad[0]} holds NaN or infinity ({len(bad)} of {len(model.weights)} "
+            "variables do); the model diverged and is refused. Use a checkpoint saved before "
+            "the divergence, or train again with a lower learning rate")
+
+
+def save_model(model, path):
+    """Saves `model` as a `.keras` file atomically, after checking that every variable is finite."""
+    check_finite(model, path)
+    with atomic_output(path) as tmp:
+        model.save(tmp)
+
+
 def load_model(path):
     """Loads the model in a `.keras` file or run folder with safe_mode (no arbitrary code), naming the file on error.
 
-    A two-scale model comes back as a `SynergySeg`, also from a file saved before that class.
+    A two-scale model comes back as a `SynergySeg`, also from a file saved before that class. A
+    model with a NaN or infinite variable is refused (`check_finite`).
     """
     model_path = resolve_model_path(path)
     try:
         model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many types for a corrupt or foreign file.
         raise ValueError(f"Cannot load {model_path!r} as a Keras model: {e}") from e
+    check_finite(model, model_path)
     try:
         # A two-scale model saved by an older version becomes a SynergySeg; others stay as they are.
         return as_synergyseg(model, model_path)

@@ -8,7 +8,8 @@ import time
 import keras
 
 from synergyseg.models.synergy import as_synergyseg
-from synergyseg.run_folder import class_info, load_synergyseg_model, resolve_model_path
+from synergyseg.run_folder import (
+    check_finite, class_info, load_synergyseg_model, resolve_model_path)
 from synergyseg.export.metadata import METADATA_NAME, metadata, write_metadata
 from synergyseg.export.onnx import export_onnx
 from synergyseg.export.saved_model import export_saved_model
@@ -124,6 +125,7 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
         resolve_model_path(source)  # a missing file is named before any other complaint
     size = _check_arguments(formats, tflite_size, quantizations, calibration)
     if isinstance(source, keras.Model):
+        check_finite(source, f"model {source.name!r}")  # load_synergyseg_model checks a file
         model = as_synergyseg(source)
     else:
         model = load_synergyseg_model(source)

@@ -19,6 +19,7 @@ from synergyseg.export.saved_model import SIGNATURE_KEY
 from synergyseg.export.serving import PROBABILITIES
 from synergyseg.models.names import FUSED, UNCERTAINTY
 from synergyseg.models.synergy import SynergySeg
+from synergyseg.run_folder import non_finite_variables
 
 
 def _to_uint8(images):
@@ -78,6 +79,10 @@ class SavedModelRunner:
             raise ValueError(f"Cannot load {self.path!r} as a synergyseg SavedModel "
                              f"(signature {SIGNATURE_KEY!r}): {e}") from e
         self._loaded = loaded  # keeps the variables alive
+        bad = non_finite_variables(self._serve.variables)
+        if bad:
+            raise ValueError(f"{self.path}: variable {bad[0]} holds NaN or infinity; the model "
+                             "diverged and is refused (export a checkpoint saved before that)")
         outputs = self._serve.structured_outputs
         if PROBABILITIES not in outputs:
             raise ValueError(f"SavedModel {self.path!r} has no {PROBABILITIES!r} output; "

@@ -18,7 +18,7 @@ from synergyseg.data.info import colorize
 from synergyseg.export.metadata import read_metadata
 from synergyseg.predict import io
 from synergyseg.predict.runners import KerasRunner, SavedModelRunner, TFLiteRunner
-from synergyseg.run_folder import RUN_CHECKPOINTS, class_info, load_model
+from synergyseg.run_folder import RUN_CHECKPOINTS, check_finite, class_info, load_model
 
 SAVED_MODEL_FILE = "saved_model.pb"
 # An export folder (synergyseg.export) holds its SavedModel under this name.
@@ -100,6 +100,7 @@ class Segmenter:
         names = palette = None
         if isinstance(model, keras.Model):
             self.source, self.form = model.name, "keras"
+            check_finite(model, f"model {model.name!r}")
             self.runner = KerasRunner(model, jit_compile, gated)
             names, palette = class_info(model)
         else:
@@ -187,6 +188,11 @@ class Segmenter:
 
     def _run(self, images, flip):
         probabilities, uncertainty = self.runner(images)
+        if not np.isfinite(probabilities).all():
+            # The Keras and SavedModel forms are checked on loading; a .tflite file's weights are
+            # constants, seen only through its outputs.
+            raise ValueError(f"{self.source}: the model's probabilities hold NaN or infinity "
+                             "(its weights are not finite: the training diverged); refused")
         if flip:
             mirrored, mirrored_uncertainty = self.runner(images[:, :, ::-1])
             probabilities = 0.5 * (probabilities + mirrored[:, :, ::-1])

@@ -22,10 +22,10 @@ import shutil
 import signal
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 
 from synergyseg.atomic import atomic_output, remove, write_text
+from synergyseg.run_folder import non_finite_variables
 
 STATE = "state.json"
 # Test hook: SIGKILLs the process while saving the state after epoch <epoch> (finished epochs,
@@ -72,16 +72,6 @@ def write_history(path, rows):
             writer = csv.DictWriter(f, keys, restval="")
             writer.writeheader()
             writer.writerows(rows)
-
-
-def non_finite_variables(variables):
-    """Paths of the variables that hold NaN or infinity (weights, moving statistics, slots)."""
-    bad = []
-    for v in variables:
-        value = np.asarray(v)
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            bad.append(getattr(v, "path", getattr(v, "name", "?")))
-    return bad
 
 
 class RunBackup:
@@ -143,14 +133,19 @@ class RunBackup:
             write_history(self.history_csv, self.rows)
         return self.epoch, list(self.rows)
 
-    def save(self, epoch, rows):
-        """Commits the current variables as the state after `epoch` finished epochs."""
+    def check_finite(self, epoch):
+        """Raises FloatingPointError (naming a variable and the last good state) if any variable
+        of the state holds NaN or infinity after `epoch` finished epochs."""
         bad = non_finite_variables(self.variables)
         if bad:
             raise FloatingPointError(
                 f"{len(bad)} variables hold NaN or infinity after epoch {epoch} (e.g. {bad[0]}); "
                 f"stopping. {self.describe()} Try a lower learning_rate, --clipnorm 1.0 or a "
                 "warm-up (--warmup-steps) in a new --run-dir.")
+
+    def save(self, epoch, rows):
+        """Commits the current variables as the state after `epoch` finished epochs."""
+        self.check_finite(epoch)
         if not self.writer:
             with tempfile.TemporaryDirectory(prefix="synergyseg-backup-") as scratch:
                 self._checkpoint.write(os.path.join(scratch, "ckpt"))

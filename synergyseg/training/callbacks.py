@@ -11,6 +11,7 @@ from synergyseg.training.curves import plot_training_curves
 from synergyseg.data.info import colorize
 from synergyseg.evaluation.confusion import scores_from_confusion
 from synergyseg.models.names import FUSED, UNCERTAINTY
+from synergyseg.run_folder import check_finite
 
 
 def find_mean_iou(model):
@@ -94,8 +95,12 @@ class LogLearningRate(keras.callbacks.Callback):
 
 class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
     """Keras's TerminateOnNaN that raises an error saying which step failed, what to try, and
-    where the last good state is (`backup`: the run's `RunBackup`, whose saves check every
-    variable, batch-norm statistics included, for NaN)."""
+    where the last good state is (`backup`: the run's `RunBackup`).
+
+    At each epoch end it also checks every variable of the backup's state, batch-norm statistics
+    included (a finite loss does not prove them finite): put it before every callback that
+    writes a model file, so none is written from a diverged epoch.
+    """
 
     def __init__(self, backup=None):
         super().__init__(raise_error=True)
@@ -110,6 +115,10 @@ class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
                 f"Training loss became {float(loss)} at step {step} (batch {batch}); stopping. "
                 "Try a lower learning_rate, --clipnorm 1.0, a warm-up (--warmup-steps), or "
                 f"training without --mixed-precision, in a new --run-dir. {where}".rstrip())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.backup is not None:
+            self.backup.check_finite(epoch + 1)
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -158,7 +167,7 @@ class SafeModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     Keras writes the file in place; here it writes `<name>.partial.keras` and renames it over
     `filepath` (atomic on one file system), so a run killed while saving keeps the previous
-    best model. Takes ModelCheckpoint's arguments, and `saved_model`: the model to write if not
+    best model. A model with a NaN or infinite variable is never renamed into place (an error). Takes ModelCheckpoint's arguments, and `saved_model`: the model to write if not
     the one being fitted (a run with auxiliary losses fits a three-output model but serves the
     single-output one that shares its weights).
     """
@@ -174,6 +183,11 @@ class SafeModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def _commit(self):
         if os.path.exists(self.filepath):
+            try:
+                check_finite(self.model, self.final_path)
+            except ValueError:
+                os.remove(self.filepath)
+                raise
             os.replace(self.filepath, self.final_path)
 
     def on_train_batch_end(self, batch, logs=None):

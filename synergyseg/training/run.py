@@ -21,9 +21,9 @@ import tensorflow as tf
 import synergyseg
 from synergyseg.training import callbacks as cb
 from synergyseg.training.backup import STATE, RunBackup
-from synergyseg.atomic import atomic_output, write_json
+from synergyseg.atomic import write_json
 from synergyseg import data
-from synergyseg.run_folder import RunFolder
+from synergyseg.run_folder import RunFolder, save_model
 from synergyseg.training.config import dataset_info
 from synergyseg.training.distribute import is_chief, make_strategy, train_multi_worker
 from synergyseg.models.names import LOSS_OUTPUTS
@@ -212,12 +212,6 @@ def _check_inputs(config):
 def _write_config(config):
     os.makedirs(config.run_dir, exist_ok=True)
     config.to_json(RunFolder(config.run_dir).config_json)
-
-
-def save_model(model, path):
-    """Saves a `.keras` file atomically."""
-    with atomic_output(path) as tmp:
-        model.save(tmp)
 
 
 def evaluate_model(model, config, info, log=print):
