@@ -70,14 +70,26 @@ def main(argv=None):
         os.execv(sys.executable, [sys.executable] + sys.argv)
     print(json.dumps(config.to_dict(), sort_keys=True))
     # Imported here so --help answers without loading TensorFlow.
-    from synergyseg.training.run import train
-    result = train(config)
-    print(json.dumps({"run_dir": config.run_dir, "steps": result["steps"],
-                      "seconds": round(result["seconds"], 1), "metrics": result["metrics"]}, indent=2))
-    if result["metrics"] is not None and not no_evaluation:
-        # The paper's Table I, the fusion ablation and the figures, into RUN/evaluation (only the
-        # chief of a multi-worker run has metrics); speed is evaluate.py's separate job.
-        from synergyseg.evaluation import EvaluationOptions, evaluate_model
+    from synergyseg.evaluation.evaluate_model import (
+        EvaluationOptions, evaluate_model, evaluation_finished)
+    from synergyseg.run_folder import RunFolder
+    from synergyseg.training.run import train, training_finished
+
+    evaluate = not no_evaluation
+    if (evaluate and config.strategy != "multiworker" and training_finished(config)
+            and not evaluation_finished(RunFolder(config.run_dir).evaluation)):
+        # A kill during the evaluation below: the same command finishes it.
+        print(f"{config.run_dir}: the training finished earlier; finishing its evaluation")
+    else:
+        result = train(config)
+        print(json.dumps({"run_dir": config.run_dir, "steps": result["steps"],
+                          "seconds": round(result["seconds"], 1), "metrics": result["metrics"]},
+                         indent=2))
+        # Only the chief of a multi-worker run has metrics, and evaluates.
+        evaluate = evaluate and result["metrics"] is not None
+    if evaluate:
+        # The paper's Table I, the fusion ablation and the figures, into RUN/evaluation; speed is
+        # evaluate.py's separate job.
         evaluate_model(EvaluationOptions(run_or_model=config.run_dir, speed=False, progress=False))
     return 0
 

@@ -1,5 +1,6 @@
 """train.py's command line: flags into a RunConfig, --config or --preset, and the evaluation after training."""
 
+import importlib
 import json
 
 import pytest
@@ -46,11 +47,30 @@ def test_config_repeats_a_run_with_overrides_and_refuses_a_preset_beside_it(tmp_
         assert message in capsys.readouterr().err, argv
 
 
-def test_main_trains_then_evaluates_the_run_folder(tmp_path, capsys):
+class _Killed(BaseException):
+    pass
+
+
+def test_main_trains_then_evaluates_the_run_folder(tmp_path, capsys, monkeypatch):
     data.synthetic.generate(str(tmp_path / "data"), num_train=8, num_val=4, height=64, width=128,
                             seed=0, num_shards=1, workers=1, log=None)
     run = tmp_path / "run"
-    assert train.main(["--data-dir", str(tmp_path / "data"), "--run-dir", str(run), *TINY_FLAGS]) == 0
+    argv = ["--data-dir", str(tmp_path / "data"), "--run-dir", str(run), *TINY_FLAGS]
+    # Killed during the evaluation after training, as results.json (written last) is written.
+    evaluation = importlib.import_module("synergyseg.evaluation.evaluate_model")
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation, "write_json", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
+        with pytest.raises(_Killed):
+            train.main(argv)
+    assert (run / "evaluation" / "report.md").is_file()
+    assert not (run / "evaluation" / "results.json").exists()
+    trained = (run / "final.keras").stat().st_mtime_ns
+    capsys.readouterr()
+    # The same command finishes the evaluation, without training again.
+    assert train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "the training finished earlier; finishing its evaluation" in printed
+    assert (run / "final.keras").stat().st_mtime_ns == trained
     metrics = json.loads((run / "metrics.json").read_text())
     evaluation = json.loads((run / "evaluation" / "results.json").read_text())
     # evaluate.py's pass over best.keras (one epoch: the final model) finds metrics.json's mIoU.
@@ -58,6 +78,8 @@ def test_main_trains_then_evaluates_the_run_folder(tmp_path, capsys):
     assert evaluation["accuracy"]["mean_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-6)
     assert (run / "evaluation" / "report.md").is_file()
     assert RunConfig.from_json(run / "config.json").epochs == 1
-    printed = capsys.readouterr().out
     saved = RunConfig.from_json(run / "config.json").to_dict()
     assert json.loads(printed[:printed.index("\n")]) == json.loads(json.dumps(saved))
+    # Once evaluated, the run is finished: the same command is refused, pointing at evaluate.py.
+    with pytest.raises(ValueError, match=f"finished run .* python evaluate.py {run}"):
+        train.main(argv)

@@ -4,7 +4,7 @@
 everything it writes lands in `options.out_dir`:
 
     report.md              all tables (the terminal shows the same)
-    results.json           all numbers (IoU as fractions, absent classes as null)
+    results.json           all numbers (IoU as fractions, absent classes as null); written last
     accuracy.csv           per-class IoU of the model (Table I)
     ablation.csv           per-class IoU of each fusion on the same weights
     speed.csv              FPS and latency of the two-scale and single-scale models (Table II)
@@ -57,6 +57,15 @@ class EvaluationOptions:
     jit_compile: bool = False
     precision: str = "float32"
     progress: bool = True
+
+
+# Written last: an evaluation folder without it was interrupted.
+RESULTS_JSON = "results.json"
+
+
+def evaluation_finished(out_dir):
+    """True when `out_dir` holds a finished evaluation (its results.json, written last)."""
+    return os.path.isfile(os.path.join(out_dir, RESULTS_JSON))
 
 
 def default_out_dir(run_or_model):
@@ -195,7 +204,7 @@ def _write(out_dir, results, sections, files, log):
     for name, text in files.items():
         write_text(os.path.join(out_dir, name), text)
     write_text(os.path.join(out_dir, "report.md"), markdown)
-    write_json(os.path.join(out_dir, "results.json"), results, sort_keys=False)
+    write_json(os.path.join(out_dir, RESULTS_JSON), results, sort_keys=False)
     log("\n" + markdown)
     log(f"Wrote {out_dir}")
     return results

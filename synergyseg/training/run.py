@@ -172,6 +172,22 @@ def _has_progress(run):
         os.path.join(run.backup, "training_metadata.json")))
 
 
+def _same_config(config, saved):
+    """True when the config.json at `saved` is `config`."""
+    with open(saved) as f:
+        previous = json.load(f)
+    return previous == json.loads(json.dumps(config.to_dict()))
+
+
+def training_finished(config):
+    """True when `config.run_dir` holds the finished training of `config` (final.keras and
+    metrics.json, no backup): then only train.py's evaluation into RUN/evaluation may be left."""
+    run = RunFolder(config.run_dir)
+    return (os.path.isfile(run.final) and os.path.isfile(run.metrics)
+            and not os.path.isdir(run.backup) and os.path.isfile(run.config_json)
+            and _same_config(config, run.config_json))
+
+
 def _check_run_dir(config, log=print):
     """Refuses a run folder that holds another run, or a finished one (nothing is overwritten).
 
@@ -186,15 +202,14 @@ def _check_run_dir(config, log=print):
             if os.path.exists(path):
                 os.remove(path)
         return
-    if os.path.exists(saved):
-        with open(saved) as f:
-            previous = json.load(f)
-        if previous != json.loads(json.dumps(config.to_dict())):
-            raise ValueError(
-                f"{config.run_dir} holds a run with another configuration ({saved}); pass another "
-                f"--run-dir, or --config {saved} to resume that run")
+    if os.path.exists(saved) and not _same_config(config, saved):
+        raise ValueError(
+            f"{config.run_dir} holds a run with another configuration ({saved}); pass another "
+            f"--run-dir, or --config {saved} to resume that run")
     if os.path.exists(run.final) and not os.path.isdir(run.backup):
-        raise ValueError(f"{config.run_dir} holds a finished run (final.keras); pass another --run-dir")
+        raise ValueError(
+            f"{config.run_dir} holds a finished run (final.keras, metrics.json); pass another "
+            f"--run-dir to train again, or score this one with: python evaluate.py {config.run_dir}")
     if os.path.exists(os.path.join(run.backup, "training_metadata.json")):
         raise ValueError(
             f"{config.run_dir}/backup was written by an earlier synergyseg (Keras BackupAndRestore), "
