@@ -75,20 +75,7 @@ def _decisive(probabilities, margin=1e-3):
 
 # --- the trunk ------------------------------------------------------------------------------
 
-def test_trunk_matches_keras_applications_names_shapes_and_outputs():
-    ours, ref = build_mobilenetv3("mobilenetv3_large", output_stride=32), _applications_mobilenet()
-    shapes = lambda m: {l.name: [tuple(w.shape) for w in l.weights] for l in m.layers if l.weights}
-    assert shapes(ours) == shapes(ref)
-    for layer in ours.layers:
-        if layer.weights:
-            layer.set_weights(ref.get_layer(layer.name).get_weights())
-    # Raw [0, 255] RGB into both: the normalization is inside each model. Odd size on purpose.
-    images = _images((1, 67, 45, 3)).astype("float32")
-    low_level, features = ours(images)
-    np.testing.assert_allclose(features, ref(images), atol=1e-4)
-    # Its first conv pads "same" (ceil), its strided depthwise convs pad as keras.applications'
-    # correct_pad (floor): 45 -> 23 -> 11.
-    assert low_level.shape == (1, 17, 11, 24)
+# The trunk against keras.applications block by block: tests/test_mobilenet.py.
 
 
 def test_output_stride_16_dilates_the_last_stage_only():
