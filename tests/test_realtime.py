@@ -240,3 +240,44 @@ def test_realtime_presets_share_the_recipes_and_validate_the_backbone():
         assert {k: getattr(config, k) for k in same} == {k: getattr(recipe, k) for k in same}
         assert config.run_dir != recipe.run_dir
     assert RunConfig.from_dict(preset("realtime").to_dict()) == preset("realtime")
+
+
+def test_option_presets_build_their_head_trunk_and_fusion_resolution_from_the_main_jobs_recipe():
+    from synergyseg.training.config import REALTIME_OPTIONS
+    from synergyseg.training.run import build_model
+
+    recipe = preset("synthetic")
+    same = ("dataset", "data_dir", "num_classes", "crop_size", "batch_size", "epochs", "steps_per_epoch",
+            "learning_rate", "weight_decay", "seed", "fusion", "synthetic_size")
+    assert len(REALTIME_OPTIONS) == 12
+    for name in REALTIME_OPTIONS:
+        config = preset(name)
+        assert {k: getattr(config, k) for k in same} == {k: getattr(recipe, k) for k in same}, name
+        assert config.fuse_at == "decoder" and config.run_dir == f"runs/{name}"
+        assert RunConfig.from_dict(config.to_dict()) == config
+    # The default realtime preset keeps its trunk, head and fusion resolution until the table picks.
+    assert (preset("realtime").head, preset("realtime").fuse_at) == ("deeplabv3plus", "input")
+    model = build_model(preset("realtime-lraspp-large-cut16", head_filters=16))
+    assert (model.head, model.backbone, model.output_stride, model.fuse_at) == (
+        "lraspp", "mobilenetv3_large_cut16", 16, "decoder")
+    assert model.submodel.head_filters == 16
+    model = build_model(preset("realtime-deeplab-small32", head_filters=16, low_level_filters=8))
+    assert (model.head, model.backbone, model.output_stride, model.submodel.separable) == (
+        "deeplabv3plus", "mobilenetv3_small", 32, True)
+
+
+def test_train_py_flags_reach_the_config_and_bad_values_are_refused(capsys):
+    import train
+
+    config, _ = train.parse_args(["--head", "lraspp", "--fuse-at", "decoder", "--backbone",
+                                  "mobilenetv3_small", "--output-stride", "32"])
+    assert (config.head, config.fuse_at, config.backbone, config.output_stride) == (
+        "lraspp", "decoder", "mobilenetv3_small", 32)
+    for field, value in (("head", "fcn"), ("fuse_at", "logits")):
+        with pytest.raises(ValueError, match=f"{field}={value!r}: expected one of"):
+            preset("realtime", **{field: value})
+    with pytest.raises(ValueError, match=r"output_stride=32: expected one of \(16,\) for backbone='mobilenetv3_large_cut16'"):
+        preset("realtime", backbone="mobilenetv3_large_cut16", output_stride=32)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--head", "fcn"])
+    assert "head='fcn'" in capsys.readouterr().err

@@ -34,8 +34,15 @@ class RunConfig:
     num_classes: int = 10
     # Model (see `synergyseg.build_synergyseg`).
     backbone: str = "resnet18"
+    # One of `names.BACKBONE_OUTPUT_STRIDES[backbone]` (ResNets 16 or 8; MobileNetV3 32 or 16).
     output_stride: int = 16
+    # The per-scale head, `names.HEADS`: "deeplabv3plus" (the paper's) or "lraspp" (MobileNetV3
+    # paper, 6.4; it reads backbone_width and head_filters, not low_level_filters/dropout/separable).
+    head: str = "deeplabv3plus"
     fusion: str = "uncertainty"
+    # Where softmax and the fusion run, `names.FUSE_AT`: "input" (both scales at the input size) or
+    # "decoder" (on the high scale's head grid, the fused map upsampled once).
+    fuse_at: str = "input"
     backbone_weights: str | None = None
     backbone_width: int = 64
     head_filters: int = 256
@@ -89,9 +96,13 @@ class RunConfig:
         if self.dataset not in data_info.DATASETS:
             raise ValueError(f"dataset={self.dataset!r}: expected one of {data_info.DATASETS}")
         for name, allowed in (("backbone", names.BACKBONES), ("fusion", names.FUSIONS),
-                              ("output_stride", names.OUTPUT_STRIDES)):
+                              ("head", names.HEADS), ("fuse_at", names.FUSE_AT)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
+        allowed = names.BACKBONE_OUTPUT_STRIDES[self.backbone]
+        if self.output_stride not in allowed:
+            raise ValueError(f"output_stride={self.output_stride!r}: expected one of {allowed} "
+                             f"for backbone={self.backbone!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
         if self.dataset == "mapillary" and not self.mapillary_config:
@@ -189,6 +200,30 @@ PRESETS["realtime-cityscapes"] = PRESETS["cityscapes"].replace(
     preset="realtime-cityscapes", run_dir="runs/realtime-cityscapes", **REALTIME_MODEL)
 PRESETS["realtime-mapillary"] = PRESETS["mapillary"].replace(
     preset="realtime-mapillary", run_dir="runs/realtime-mapillary", **REALTIME_MODEL)
+
+# The real-time options of issue 18, each head x trunk on the main job's data and recipe (the
+# synthetic preset's), fused on the head's grid; benchmarks/realtime_options.py trains and
+# benchmarks/realtime_speed.py times every one, and the measured table picks `realtime`.
+# Named "realtime-<head>-<trunk>", e.g. "realtime-lraspp-large-cut16".
+REALTIME_HEADS = {
+    "deeplab": dict(head="deeplabv3plus", head_filters=128, low_level_filters=32, separable=True),
+    "lraspp": dict(head="lraspp", head_filters=128),
+}
+REALTIME_TRUNKS = {
+    "large32": dict(backbone="mobilenetv3_large", output_stride=32),
+    "large16": dict(backbone="mobilenetv3_large", output_stride=16),
+    "large-reduced": dict(backbone="mobilenetv3_large_reduced", output_stride=16),
+    "large-cut16": dict(backbone="mobilenetv3_large_cut16", output_stride=16),
+    "small32": dict(backbone="mobilenetv3_small", output_stride=32),
+    "small-reduced": dict(backbone="mobilenetv3_small_reduced", output_stride=16),
+}
+REALTIME_OPTIONS = tuple(f"realtime-{head}-{trunk}" for head in REALTIME_HEADS for trunk in REALTIME_TRUNKS)
+for _head, _head_fields in REALTIME_HEADS.items():
+    for _trunk, _trunk_fields in REALTIME_TRUNKS.items():
+        _name = f"realtime-{_head}-{_trunk}"
+        PRESETS[_name] = PRESETS["synthetic"].replace(
+            preset=_name, run_dir=f"runs/{_name}", fuse_at="decoder", backbone_width=64,
+            **_head_fields, **_trunk_fields)
 
 
 def preset(name, **overrides):

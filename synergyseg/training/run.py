@@ -55,13 +55,15 @@ def build_model(config, info=None):
     `info` (default: the config's dataset) gives the class names and colours saved with the model.
     """
     info = info or dataset_info(config)
+    head_kwargs = dict(backbone_width=config.backbone_width, head_filters=config.head_filters)
+    if config.head == "deeplabv3plus":
+        head_kwargs.update(low_level_filters=config.low_level_filters, dropout=config.dropout,
+                           separable=config.separable)
     return synergyseg.build_synergyseg(
         config.num_classes, backbone=config.backbone, output_stride=config.output_stride,
         fusion=config.fusion, backbone_weights=config.backbone_weights,
-        scale_outputs=bool(config.aux_loss_weight), backbone_width=config.backbone_width,
-        head_filters=config.head_filters, low_level_filters=config.low_level_filters,
-        dropout=config.dropout, separable=config.separable, class_names=info.class_names,
-        palette=info.colors)
+        scale_outputs=bool(config.aux_loss_weight), head=config.head, fuse_at=config.fuse_at,
+        class_names=info.class_names, palette=info.colors, **head_kwargs)
 
 
 def training_model(model):
