@@ -24,6 +24,7 @@ from synergyseg.evaluation.cityscapes_results import CityscapesResultWriter
 from synergyseg.evaluation.evaluator import ExampleCollector, evaluate_batches, validation_batches
 from synergyseg.evaluation.loading import dataset_info, num_outputs
 from synergyseg.atomic import write_json, write_text
+from synergyseg.data.pipeline import naming_bad_records
 from synergyseg.run_folder import RunFolder, load_model, resolve_model_path
 from synergyseg.evaluation.predictor import MODEL_KEY, Predictor, is_two_scale
 from synergyseg.models.gated import DEFAULT_MARGIN, DEFAULT_TILE_SIZE, check_gating, gated_synergyseg
@@ -118,8 +119,9 @@ def evaluate_model(options, log=print):
     batches = validation_batches(data, options.batch_size, resize_factor=options.resize_factor,
                                  limit=options.limit)
     total = None if options.limit is None else -(-options.limit // options.batch_size)
-    matrices = evaluate_batches(predictor, batches, num_classes, visitors=visitors,
-                                progress=options.progress, total=total)
+    with naming_bad_records(data):  # tf.data's "corrupted record at 12" does not name the file
+        matrices = evaluate_batches(predictor, batches, num_classes, visitors=visitors,
+                                    progress=options.progress, total=total)
     scores = {key: m.scores() for key, m in matrices.items()}
 
     results = {

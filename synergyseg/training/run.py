@@ -264,8 +264,15 @@ def train(config, *, extra_callbacks=(), log=print):
     """Trains, evaluates and fills `config.run_dir`; resumes from RUN/backup if a run was killed.
 
     Returns a dict: "history" (per-epoch logs of this call), "metrics" (metrics.json),
-    "steps" (optimizer steps in total), "seconds".
+    "steps" (optimizer steps in total), "seconds". A corrupt training or validation shard,
+    wherever it is read (counting, training, validating, the final scores), raises a ValueError
+    naming the file and the record.
     """
+    with data.pipeline.naming_bad_records(config.train_files, config.val_files):
+        return _train(config, extra_callbacks, log)
+
+
+def _train(config, extra_callbacks, log):
     start = time.time()
     # First: MultiWorkerMirroredStrategy must be created before any other TensorFlow op.
     strategy = make_strategy(config.strategy)
@@ -305,16 +312,14 @@ def train(config, *, extra_callbacks=(), log=print):
         if initial_epoch:
             log(f"Resuming after epoch {initial_epoch} of {config.epochs} from {backup.directory}")
         val_batch = strategy.num_replicas_in_sync
-        train_files, val_files = config.train_files, config.val_files
         callbacks = make_callbacks(config, model, fit_model, info, backup, extra_callbacks)
-        with data.pipeline.naming_bad_records(train_files, val_files):
-            history = fit_model.fit(
-                _with_dict_labels(_train_dataset(config, global_batch, steps, initial_epoch),
-                                  fit_model),
-                epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                validation_data=_with_dict_labels(val_dataset(config, val_batch), fit_model),
-                callbacks=callbacks, verbose=2,
-                shuffle=False)  # the tf.data pipeline shuffles; fit's own flag does not apply to it
+        history = fit_model.fit(
+            _with_dict_labels(_train_dataset(config, global_batch, steps, initial_epoch),
+                              fit_model),
+            epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+            validation_data=_with_dict_labels(val_dataset(config, val_batch), fit_model),
+            callbacks=callbacks, verbose=2,
+            shuffle=False)  # the tf.data pipeline shuffles; fit's own flag does not apply to it
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     save_model(inference_model(model), run.final)
@@ -364,12 +369,11 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
             best=_best_so_far(rows)))
     callbacks.append(cb.EpochBackup(backup))
     global_batch = config.batch_size * strategy.num_replicas_in_sync
-    with data.pipeline.naming_bad_records(config.train_files):
-        losses = train_multi_worker(
-            model, optimizer, segmentation_loss(),
-            lambda context: _train_dataset(config, global_batch, steps, initial_epoch, context),
-            epochs=config.epochs, steps_per_epoch=steps, strategy=strategy, callbacks=callbacks,
-            initial_epoch=initial_epoch, backup=backup, log=log if chief else (lambda *_: None))
+    losses = train_multi_worker(
+        model, optimizer, segmentation_loss(),
+        lambda context: _train_dataset(config, global_batch, steps, initial_epoch, context),
+        epochs=config.epochs, steps_per_epoch=steps, strategy=strategy, callbacks=callbacks,
+        initial_epoch=initial_epoch, backup=backup, log=log if chief else (lambda *_: None))
     result = {"history": {"loss": losses}, "steps": int(optimizer.iterations.numpy()),
               "seconds": time.time() - start, "metrics": None}
     if chief:
