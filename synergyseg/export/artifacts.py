@@ -94,16 +94,42 @@ def remove_stale_staging(out_dir):
     return removed
 
 
+def _move_into_place(staging, out_dir):
+    """Moves the export in `staging` into `out_dir`, which then holds no earlier export's artifact.
+
+    A new folder is `staging` renamed. In an existing one, every artifact an export can write
+    (any format, any quantization, metadata.json) is first renamed aside into a hidden folder
+    that `remove_stale_staging` deletes should a kill come now, then the new ones are moved in,
+    metadata.json last; other files stay. So the folder never mixes two exports' files.
+    """
+    if not os.path.isdir(out_dir):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private; an output folder is not
+        os.replace(staging, out_dir)
+        return
+    aside = staging + ".old"
+    os.mkdir(aside)
+    for name in [*artifact_names().values(), METADATA_NAME]:
+        if os.path.lexists(os.path.join(out_dir, name)):
+            os.replace(os.path.join(out_dir, name), os.path.join(aside, name))
+    for name in sorted(os.listdir(staging), key=lambda n: n == METADATA_NAME):
+        os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantizations=QUANTIZATIONS,
                  calibration=None, num_calibration_images=DEFAULT_CALIBRATION_IMAGES, log=print):
     """Exports a trained SynergySeg model as SavedModel, TFLite and ONNX into `out_dir`.
 
     Everything is checked before any work starts, and files are built in a hidden folder beside
-    `out_dir` and moved in only once all of them are done: a failure leaves `out_dir` unchanged.
+    `out_dir` and moved in only once all of them are done: a failure leaves `out_dir`
+    unchanged; a success leaves this export's artifacts in it and no earlier export's.
 
     Args:
         source: a `.keras` file, a run folder written by train.py, or a loaded SynergySeg model.
-        out_dir: output folder (created; same-named artifacts in it are replaced).
+        out_dir: output folder (created; an earlier export's artifacts in it, of any format,
+            are removed, other files kept).
         formats: any of "saved_model", "tflite", "onnx".
         tflite_size: `(height, width)` of the TFLite input (required for "tflite").
         quantizations: TFLite variants, any of "float32", "float16", "int8".
@@ -162,14 +188,7 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
         write_metadata(os.path.join(staging, METADATA_NAME), metadata(
             model, *class_info(model, source_path), source=source_path, tflite_size=size))
         names["metadata"] = METADATA_NAME
-        os.makedirs(out_dir, exist_ok=True)
-        written = {}
-        for artifact, name in names.items():
-            target = os.path.join(out_dir, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(staging, name), target)
-            written[artifact] = target
-        return written
+        _move_into_place(staging, out_dir)
+        return {artifact: os.path.join(out_dir, name) for artifact, name in names.items()}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
