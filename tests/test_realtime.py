@@ -10,6 +10,7 @@ import keras
 
 import synergyseg
 from synergyseg.export import check_builtin_ops, convert_tflite, make_interpreter, run_tflite
+from synergyseg.export.tflite import undelegated_ops
 from synergyseg.export.onnx import export_onnx
 from synergyseg.export.saved_model import export_saved_model
 from synergyseg.models import names
@@ -31,17 +32,24 @@ def _applications_mobilenet():
                                                weights=None)
 
 
-@pytest.fixture(scope="module")
-def model():
-    """A two-scale real-time model with random weights and BatchNorm statistics of real activations.
+# The presets' own models (their full heads, not stand-ins): today's `realtime` (DeepLabV3+ fused
+# at the input size) and an LR-ASPP option fused on its head's grid.
+EXPORTED_PRESETS = ("realtime", "realtime-lraspp-large-cut16")
+
+
+@pytest.fixture(scope="module", params=EXPORTED_PRESETS)
+def model(request):
+    """A preset's two-scale model with random weights and BatchNorm statistics of real activations.
 
     With BatchNorm's initial statistics (mean 0, variance 1) a random MobileNetV3 in inference
     mode shrinks its signal to nothing (trunk features ~1e-11, probabilities 0.2 +- 1e-4, so
     every argmax is a tie). Setting each BatchNorm's statistics from one batch (momentum 0 for one
     training-mode call; no weight changes) makes it compute a real, decisive function.
     """
+    from synergyseg.training.run import build_model
+
     keras.utils.set_random_seed(0)
-    model = synergyseg.build_synergyseg(NUM_CLASSES, backbone="mobilenetv3_large", **SMALL_HEAD)
+    model = build_model(preset(request.param))
     norms = [l for l in _all_layers(model.submodel) if isinstance(l, keras.layers.BatchNormalization)]
     momentum = {id(l): l.momentum for l in norms}
     for layer in norms:
@@ -49,9 +57,10 @@ def model():
     model.submodel(_images((4, 64, 128, 3)).astype("float32"), training=True)
     for layer in norms:
         layer.momentum = momentum[id(layer)]
-    classifier = model.submodel.get_layer("classifier")
-    kernel, bias = classifier.get_weights()
-    classifier.set_weights([kernel * 4, bias])  # a trained model's logits spread wider still
+    for layer in model.submodel.layers:
+        if layer.name in ("classifier", "skip_classifier"):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel * 4, bias])  # a trained model's logits spread wider still
     return model
 
 
@@ -152,7 +161,7 @@ def test_head_is_separable_by_default_and_within_the_flop_budget():
 @pytest.mark.parametrize("height, width", [(37, 53), (32, 32), (64, 96)])
 def test_any_input_size_from_32_pixels(model, height, width):
     probabilities = model.predict(_images((1, height, width, 3)).astype("float32"), verbose=0)
-    assert probabilities.shape == (1, height, width, NUM_CLASSES)
+    assert probabilities.shape == (1, height, width, model.num_classes)
     np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
 
 
@@ -167,7 +176,8 @@ def test_save_and_load_with_safe_mode(model, tmp_path):
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0),
                                atol=1e-5)
     assert isinstance(loaded, synergyseg.SynergySeg)
-    assert loaded.backbone == "mobilenetv3_large" and loaded.submodel.separable
+    assert loaded.get_config()["submodel"]["config"] == model.get_config()["submodel"]["config"]
+    assert (loaded.head, loaded.backbone, loaded.fuse_at) == (model.head, model.backbone, model.fuse_at)
 
 
 # --- export: each artifact matches the Keras model's own predict ----------------------------
@@ -200,6 +210,9 @@ def test_tflite_float32_uses_builtin_ops_and_matches_keras(model):
     height, width = 48, 96
     content = convert_tflite(model, (height, width))
     check_builtin_ops(content)  # raises on any Flex/custom op
+    # XNNPACK takes every op but the uint8 input's cast and the class map's argmax (no XNNPACK
+    # kernel for either): nothing of the model itself leaves the fast path.
+    assert undelegated_ops(content) == {"CAST": 1, "ARG_MAX": 1}
     interpreter = make_interpreter(model_content=content, num_threads=2)
     for seed in range(2):
         images = _images((1, height, width, 3), seed=seed)
@@ -281,3 +294,16 @@ def test_train_py_flags_reach_the_config_and_bad_values_are_refused(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--head", "fcn"])
     assert "head='fcn'" in capsys.readouterr().err
+
+
+def test_tflite_int8_converts_with_consistent_scales_and_runs(model):
+    height, width = 48, 96
+    calibration = [_images((1, height, width, 3), seed=10 + i) for i in range(2)]
+    # convert_tflite checks that no copy op rescales its values (check_int8_scales).
+    content = convert_tflite(model, (height, width), "int8", calibration_images=calibration)
+    check_builtin_ops(content)
+    outputs = run_tflite(make_interpreter(model_content=content), _images((1, height, width, 3), seed=3))
+    assert outputs["class_map"].shape == (1, height, width)
+    assert outputs["probabilities"].shape == (1, height, width, model.num_classes)
+    # What XNNPACK leaves to the interpreter in int8 (recorded for the speed table, not a target).
+    print(model.name, "int8 ops XNNPACK does not take:", undelegated_ops(content))

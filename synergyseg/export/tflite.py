@@ -215,6 +215,43 @@ def make_interpreter(model_path=None, model_content=None, num_threads=2):
     return interpreter
 
 
+def undelegated_ops(content, num_threads=2):
+    """`{op name: count}` of the ops of a TFLite flatbuffer that XNNPACK leaves to the interpreter.
+
+    Read from the interpreter itself (XNNPACK is applied when it is created): each XNNPACK
+    partition is one DELEGATE node whose inputs and outputs are the partition's; an op is
+    delegated when it produces a partition output or feeds only delegated ops, and left out when
+    it produces a tensor that a partition, the graph's outputs or another left-out op read. Ops
+    left out run the interpreter's reference kernels between partitions (each costs a switch).
+    """
+    interpreter = make_interpreter(model_content=content, num_threads=num_threads)
+    nodes = interpreter._get_ops_details()  # the one way the Python interpreter exposes its nodes
+    partitions = [n for n in nodes if n["op_name"] == "DELEGATE"]
+    originals = [n for n in nodes if n["op_name"] != "DELEGATE"]
+    partition_inputs = {int(t) for n in partitions for t in n["inputs"]}
+    partition_outputs = {int(t) for n in partitions for t in n["outputs"]}
+    graph_outputs = {int(d["index"]) for d in interpreter.get_output_details()}
+    consumers = {}
+    for node in originals:
+        for tensor in node["inputs"]:
+            consumers.setdefault(int(tensor), []).append(node["index"])
+    delegated = {}
+    for node in reversed(originals):  # nodes are in execution (topological) order
+        outputs = {int(t) for t in node["outputs"]}
+        if outputs & partition_outputs:
+            delegated[node["index"]] = True
+        elif outputs & (partition_inputs | graph_outputs):
+            delegated[node["index"]] = False
+        else:
+            users = [u for t in outputs for u in consumers.get(t, [])]
+            delegated[node["index"]] = bool(users) and all(delegated[u] for u in users)
+    counts = {}
+    for node in originals:
+        if not delegated[node["index"]]:
+            counts[node["op_name"]] = counts.get(node["op_name"], 0) + 1
+    return counts
+
+
 def run_tflite(interpreter, images):
     """Runs the "serving_default" signature on uint8 `(1, h, w, 3)` images; returns the output dict."""
     runner = interpreter.get_signature_runner(SIGNATURE_KEY)
