@@ -1,0 +1,142 @@
+"""Train every real-time head x trunk option on the main job's budget; tabulate mIoU and the fusion ablation.
+
+    python benchmarks/realtime_options.py             # every option + today's realtime, resumable
+    python benchmarks/realtime_options.py --options realtime-lraspp-large-cut16,realtime-deeplab-large16
+    python benchmarks/realtime_options.py --fuse-at input   # train with eq. 1 at the input size instead
+    python benchmarks/realtime_options.py --smoke     # 2 options x 2 steps on a tiny set: the plumbing only
+
+Each option is `python train.py --preset NAME` (the synthetic preset's data, recipe and seed: the
+main job's budget, 15 x 50 steps of 8 crops, about 5-6 min each on 2 idle cores) into its own
+run folder, RUNS/NAME (RUNS/NAME-fuse-input with --fuse-at input). A run folder that holds
+metrics.json is finished and skipped; a killed run resumes from its backup (train.py). Collected
+from each folder: validation mIoU of final.keras (metrics.json) and train.py's evaluation of
+the served model (RUN/evaluation/results.json: its mIoU, the fusion ablation on the same weights,
+per-class IoU), written to benchmarks/results/realtime_options.json and a markdown table beside it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from synergyseg.atomic import write_json  # noqa: E402
+from synergyseg.run_folder import RunFolder  # noqa: E402
+from synergyseg.training.config import REALTIME_OPTIONS, preset  # noqa: E402
+
+# Today's realtime preset trains beside the options, as the row to beat.
+DEFAULT_OPTIONS = ("realtime",) + REALTIME_OPTIONS
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "realtime_options")
+# Classes the issue watches (the first non-zero IoU on them came from LR-ASPP).
+WATCHED_CLASSES = ("person", "traffic sign")
+# --smoke: a few steps on a tiny synthetic set, so the whole loop runs in minutes.
+SMOKE_OVERRIDES = ("--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+                   "--synthetic-train", "8", "--synthetic-val", "2", "--crop-size", "64x128",
+                   "--synthetic-size", "64x128")
+
+
+def run_dir(runs, name, fuse_at):
+    """The option's run folder (a fuse_at other than the preset's gets its own)."""
+    suffix = f"-fuse-{fuse_at}" if fuse_at and fuse_at != preset(name).fuse_at else ""
+    return os.path.join(runs, name + suffix)
+
+
+def train(name, folder, fuse_at, extra, log):
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--preset", name, "--run-dir", folder, *extra]
+    if fuse_at:
+        command += ["--fuse-at", fuse_at]
+    log(f"$ {' '.join(command)}")
+    start = time.time()
+    subprocess.run(command, check=True, cwd=ROOT)
+    return time.time() - start
+
+
+def collect(name, folder):
+    """One row: the run's config, final.keras's mIoU and the evaluation's ablation."""
+    run = RunFolder(folder)
+    config = run.config()
+    with open(run.metrics) as f:
+        metrics = json.load(f)
+    row = {"option": name, "run_dir": folder, "head": config.head, "backbone": config.backbone,
+           "output_stride": config.output_stride, "fuse_at": config.fuse_at,
+           "final_mean_iou": metrics["mean_iou"]}
+    results = os.path.join(run.evaluation, "results.json")
+    if os.path.isfile(results):
+        with open(results) as f:
+            evaluation = json.load(f)
+        row["evaluated_model"] = evaluation["model"]
+        row["evaluated_mean_iou"] = evaluation["accuracy"]["mean_iou"]
+        row["ablation"] = {fusion: scores["mean_iou"] for fusion, scores in evaluation["ablation"].items()}
+        per_class = evaluation["accuracy"]["per_class_iou"]
+        row["watched_iou"] = {c: per_class.get(c) for c in WATCHED_CLASSES}
+    return row
+
+
+def percent(value):
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(rows):
+    fusions = sorted({f for row in rows for f in row.get("ablation", {})})
+    head = ["option", "head", "trunk", "OS", "fused at", "final.keras mIoU", "evaluated mIoU",
+            *[f"ablation: {f}" for f in fusions], *WATCHED_CLASSES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
+    for row in rows:
+        cells = [row["option"], row["head"], row["backbone"], str(row["output_stride"]), row["fuse_at"],
+                 percent(row["final_mean_iou"]), percent(row.get("evaluated_mean_iou")),
+                 *[percent(row.get("ablation", {}).get(f)) for f in fusions],
+                 *[percent(row.get("watched_iou", {}).get(c)) for c in WATCHED_CLASSES]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--options", default=",".join(DEFAULT_OPTIONS),
+                        help="comma list of presets (default: realtime and every realtime-<head>-<trunk>)")
+    parser.add_argument("--fuse-at", choices=("input", "decoder"), default=None,
+                        help="train every option with this fusion resolution (default: each preset's)")
+    parser.add_argument("--runs", default=os.path.join(ROOT, "runs"), help="where the run folders go")
+    parser.add_argument("--out", default=RESULTS, help="results path without extension (.json and .md)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 options, 2 steps each on a tiny set in a temporary folder (checks the plumbing)")
+    args = parser.parse_args(argv)
+    options = args.options.split(",")
+    unknown = [o for o in options if o not in DEFAULT_OPTIONS + ("synthetic",)]
+    if unknown:
+        parser.error(f"unknown options {unknown}; choose from {DEFAULT_OPTIONS + ('synthetic',)}")
+    extra = []
+    if args.smoke:
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="realtime-options-smoke-")
+        options = options[:1] + [o for o in options[1:] if "lraspp" in o][:1]
+        extra = [*SMOKE_OVERRIDES, "--data-dir", os.path.join(scratch, "data")]
+        args.runs, args.out = os.path.join(scratch, "runs"), os.path.join(scratch, "realtime_options")
+
+    rows = []
+    for name in options:
+        folder = run_dir(args.runs, name, args.fuse_at)
+        if os.path.isfile(RunFolder(folder).metrics):
+            print(f"{name}: finished in {folder}, skipped", flush=True)
+        else:
+            seconds = train(name, folder, args.fuse_at, extra, print)
+            print(f"{name}: trained in {seconds / 60:.1f} min", flush=True)
+        rows.append(collect(name, folder))
+        # Written after every run, so a killed sweep keeps what it has.
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        write_json(args.out + ".json", {"command": " ".join(sys.argv), "rows": rows})
+        with open(args.out + ".md", "w") as f:
+            f.write(markdown(rows))
+    print(markdown(rows))
+    print(f"wrote {args.out}.json and {args.out}.md")
+
+
+if __name__ == "__main__":
+    main()
