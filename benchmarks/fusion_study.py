@@ -16,11 +16,13 @@ Every variant trains through `train.py` with the same data, steps and recipe as 
 
 Each trained model (final.keras: the last epoch, not a model picked on the validation set) is
 then scored by evaluate.py with the test-time fusion ablation. Runs go in OUT/runs/VARIANT-seedS;
-a finished run (its OUT/runs/.../study/results.json) is skipped, an interrupted one resumes
+a finished run (its record, OUT/records/VARIANT-seedS.json) is skipped, an interrupted one resumes
 (train.py resumes from its backup), so a stop loses at most the run in progress. After every run
-OUT/results.json and OUT/table.md are rewritten from all finished runs. Training cost is the CPU
-time of the train.py process (user + system, all threads), which load on the machine barely
-changes, next to its wall time.
+OUT/results.json and OUT/table.md are rewritten from all finished runs; the records, results.json
+and table.md are what gets committed (OUT/data and OUT/runs are ignored by git). Each record keeps
+the wall and CPU time of train.py and the load average before and after: both times grow with
+the load (TensorFlow's threads spin when the cores are shared), so compare them only between runs
+at the same load.
 """
 
 import argparse
@@ -83,7 +85,8 @@ def _write_data(out, overrides):
 def run_one(out, variant, seed, regime_overrides, log):
     """Trains and evaluates one variant and seed unless already done; returns its record."""
     run_dir = os.path.join(out, "runs", f"{variant}-seed{seed}")
-    record_path = os.path.join(run_dir, "study", "record.json")
+    # Records sit apart from the run folders (models, backups), so they can be committed alone.
+    record_path = os.path.join(out, "records", f"{variant}-seed{seed}.json")
     if os.path.exists(record_path):
         with open(record_path) as f:
             return json.load(f)
@@ -96,7 +99,7 @@ def run_one(out, variant, seed, regime_overrides, log):
     resumed = os.path.isdir(os.path.join(run_dir, "backup"))
     log(f"{variant} seed {seed}: training{' (resuming)' if resumed else ''} -> {run_dir}")
     os.makedirs(run_dir, exist_ok=True)
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    before, start, load = resource.getrusage(resource.RUSAGE_CHILDREN), time.time(), os.getloadavg()[0]
     _run(command, os.path.join(run_dir, "study_train.log"))
     after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - start
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -107,7 +110,9 @@ def run_one(out, variant, seed, regime_overrides, log):
     with open(os.path.join(evaluation, "results.json")) as f:
         results = json.load(f)
     record = {"variant": variant, "seed": seed, "train_cpu_s": round(cpu, 1),
-              "train_wall_s": round(wall, 1), "resumed": resumed, **_scores(results)}
+              "train_wall_s": round(wall, 1), "load_before": load, "load_after": os.getloadavg()[0],
+              "resumed": resumed, **_scores(results)}
+    os.makedirs(os.path.dirname(record_path), exist_ok=True)
     write_json(record_path, record)
     log(f"{variant} seed {seed}: mIoU {100 * record['miou']:.1f} "
         f"(cpu {cpu / 60:.1f} min, wall {wall / 60:.1f} min)")
@@ -145,16 +150,17 @@ def summarize(records, variants, header):
     """The markdown table of all finished runs, one row per variant (mean ± std over seeds)."""
     classes = [c for c in THIN + LARGE if records and c in records[0]["iou"]]
     lines = [header, "",
-             "| trained with | seeds | mIoU | " + " | ".join(classes) + " | train CPU min |",
+             "| trained with | seeds | mIoU | " + " | ".join(classes) + " | train wall min (load) |",
              "|---|---:|---:|" + "---:|" * len(classes) + "---:|"]
     for variant in variants:
         rows = [r for r in records if r["variant"] == variant]
         if not rows:
             continue
         cells = [_mean_std([r["iou"].get(c) for r in rows]) for c in classes]
-        cpu = np.mean([r["train_cpu_s"] for r in rows]) / 60
+        wall = np.mean([r["train_wall_s"] for r in rows]) / 60
+        load = np.mean([r.get("load_before", np.nan) for r in rows])
         lines.append(f"| {variant} | {len(rows)} | {_mean_std([r['miou'] for r in rows])} | "
-                     + " | ".join(cells) + f" | {cpu:.1f} |")
+                     + " | ".join(cells) + f" | {wall:.1f} ({load:.1f}) |")
     fusions = sorted({f for r in records for f in r["ablation"]})
     if fusions:
         lines += ["", "Test-time ablation (mIoU, mean ± std over seeds) of each trained model:", "",

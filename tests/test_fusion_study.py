@@ -33,6 +33,7 @@ def test_study_trains_each_variant_writes_the_table_and_skips_finished_runs(tmp_
     assert abs(runs["eq1"]["ablation"]["uncertainty"]["miou"] - runs["eq1"]["miou"]) < 1e-6
     table = (tmp_path / "table.md").read_text()
     assert "| single | 1 |" in table and "| eq1 | 1 |" in table and "traffic sign" in table
+    assert sorted(os.listdir(tmp_path / "records")) == ["eq1-seed0.json", "single-seed0.json"]
     # A second run finds both runs finished: nothing is trained again.
     model = tmp_path / "runs" / "eq1-seed0" / "final.keras"
     stamp = model.stat().st_mtime_ns
