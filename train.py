@@ -3,7 +3,8 @@
     python train.py                                   # main job: synthetic set, ~5 min on 2 idle CPU cores
     python train.py --preset cityscapes --data-dir data/cityscapes --run-dir runs/cs
     python train.py --preset mapillary --mapillary-config data/mapillary/config.json
-    python train.py --config runs/cs/config.json      # repeat (or resume) a run from its config
+    python train.py --config runs/cs/config.json      # resume that run folder (also once moved)
+    python train.py --config runs/cs/config.json --run-dir runs/cs2 --seed 1   # repeat it, changed
     python train.py --preset synthetic --epochs 2 --backbone resnet18 --aux-loss-weight 0.4
 
 A killed run resumes from RUN/backup when started again with the same arguments.
@@ -50,6 +51,12 @@ def parse_args(argv=None):
         parser.error("give --config or --preset, not both")
     try:
         if args.config:
+            from synergyseg.run_folder import RunFolder
+
+            run = RunFolder(os.path.dirname(args.config) or os.curdir)
+            if "run_dir" not in overrides and run.holds_run():
+                # A run folder's own config resumes that folder where it is now (it may have moved).
+                overrides["run_dir"] = run.path
             config = RunConfig.from_json(args.config).replace(**overrides)
         else:
             config = preset(args.preset or "synthetic", **overrides)

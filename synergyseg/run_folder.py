@@ -64,6 +64,10 @@ class RunFolder:
         """The run folder a `.keras` file sits in (its config may be absent)."""
         return cls(os.path.dirname(os.path.abspath(os.fspath(model_path))))
 
+    def holds_run(self):
+        """True once a run trained here: its backup/ (unfinished) or final.keras (finished)."""
+        return os.path.isdir(self.backup) or os.path.isfile(self.final)
+
     def config(self):
         """The run's `RunConfig`, or None when the folder has no config.json (a bare model file)."""
         return RunConfig.from_json(self.config_json) if os.path.isfile(self.config_json) else None

@@ -137,17 +137,23 @@ class _FirstStepUpdate(keras.callbacks.Callback):
 
 
 def test_killed_run_resumes_at_the_same_epoch_and_step(data_dir, tmp_path):
+    # The short run's learning rate: two epochs score above the zeroed weights' constant map.
     config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=3,
-                    **dict(TINY, tensorboard_images=0))
+                    learning_rate=0.05, scale_range=None, **dict(TINY, tensorboard_images=0))
     with pytest.raises(_Killed):
         train(config, extra_callbacks=[_KillAtEpoch(2)], log=lambda *a: None)
     run = tmp_path / "run"
     assert _epochs(run / "history.csv") == [0, 1]
     assert (run / "backup").is_dir() and (run / "best.keras").is_file()
     best_before = max(float(v) for v in _column(run / "history.csv", "val_mean_iou"))
-    # Another configuration must not write into this run folder.
-    with pytest.raises(ValueError, match="another configuration"):
+    # Another configuration must not write into this run folder; the refusal names the field.
+    with pytest.raises(ValueError, match="another configuration .*epochs: 3 there, 4 now"):
         train(config.replace(epochs=4), log=lambda *a: None)
+    # The run folder is moved and its path typed with a trailing slash: the run still resumes.
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    run = moved
+    config = config.replace(run_dir=f"{moved}/")
     # The resumed epoch starts from zeroed weights, so it scores below the best of the first two.
     result = train(config, extra_callbacks=[_SpoilAtEpoch(2)], log=lambda *a: None)
     assert len(result["history"]["loss"]) == 1  # only epoch 3 ran again

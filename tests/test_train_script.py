@@ -28,6 +28,17 @@ def test_flags_override_the_preset_field_by_field():
     assert train.parse_args([]) == (preset("synthetic"), False)
 
 
+def test_config_of_a_moved_run_folder_resumes_it_where_it_is_now(tmp_path):
+    run = tmp_path / "moved"
+    run.mkdir()
+    preset("synthetic", epochs=3, run_dir=str(tmp_path / "before")).to_json(run / "config.json")
+    (run / "backup").mkdir()  # a run that trained here, then was moved
+    config, _ = train.parse_args(["--config", str(run / "config.json")])
+    assert config.run_dir == str(run) and config.epochs == 3
+    config, _ = train.parse_args(["--config", str(run / "config.json"), "--run-dir", "elsewhere"])
+    assert config.run_dir == "elsewhere"
+
+
 def test_config_repeats_a_run_with_overrides_and_refuses_a_preset_beside_it(tmp_path, capsys):
     saved = preset("cityscapes", epochs=7, run_dir=str(tmp_path / "run"))
     saved.to_json(tmp_path / "config.json")

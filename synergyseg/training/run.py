@@ -174,11 +174,35 @@ def _has_progress(run):
         os.path.join(run.backup, "training_metadata.json")))
 
 
-def _same_config(config, saved):
-    """True when the config.json at `saved` is `config`."""
+# Compared as paths: "data/x/" and "data/x" name one folder.
+_PATH_FIELDS = ("data_dir", "train_pattern", "val_pattern", "mapillary_config", "backbone_weights")
+
+
+def config_differences(config, saved):
+    """`["field: <value in saved> there, <value in config> now", ...]` between `config` and the
+    config.json at `saved`; empty when they are one run's configuration.
+
+    `run_dir` is not compared: a run folder is the one it is now, however its path is typed
+    (`runs/x/`, `runs/x`) and wherever it was moved.
+    """
     with open(saved) as f:
         previous = json.load(f)
-    return previous == json.loads(json.dumps(config.to_dict()))
+    current = json.loads(json.dumps(config.to_dict()))
+    differences = []
+    for name in sorted(set(previous) | set(current)):
+        if name == "run_dir":
+            continue
+        there, now = previous.get(name), current.get(name)
+        if name in _PATH_FIELDS and isinstance(there, str) and isinstance(now, str):
+            there, now = os.path.normpath(there), os.path.normpath(now)
+        if there != now:
+            differences.append(f"{name}: {previous.get(name)!r} there, {current.get(name)!r} now")
+    return differences
+
+
+def _same_config(config, saved):
+    """True when the config.json at `saved` is `config`'s run (see `config_differences`)."""
+    return not config_differences(config, saved)
 
 
 def training_finished(config):
@@ -204,10 +228,12 @@ def _check_run_dir(config, log=print):
             if os.path.exists(path):
                 os.remove(path)
         return
-    if os.path.exists(saved) and not _same_config(config, saved):
+    differences = config_differences(config, saved) if os.path.exists(saved) else []
+    if differences:
         raise ValueError(
-            f"{config.run_dir} holds a run with another configuration ({saved}); pass another "
-            f"--run-dir, or --config {saved} to resume that run")
+            f"{config.run_dir} holds a run with another configuration ({saved}: "
+            f"{'; '.join(differences)}); pass another --run-dir, or --config {saved} to resume "
+            "that run")
     if os.path.exists(run.final) and not os.path.isdir(run.backup):
         raise ValueError(
             f"{config.run_dir} holds a finished run (final.keras, metrics.json); pass another "
