@@ -109,4 +109,5 @@ def convert(root, out_dir, *, splits=("train", "val"), num_shards=16, image_form
     return shards.write_splits(out_dir, items, encode_pair, num_shards=num_shards,
                                class_names=CITYSCAPES.class_names, workers=workers,
                                parameters={"dataset": "cityscapes", "root": os.path.abspath(root),
-                                           "image_format": image_format}, log=log)
+                                           "image_format": image_format,
+                                           "strict": bool(strict)}, log=log)

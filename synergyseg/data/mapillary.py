@@ -145,4 +145,5 @@ def convert(root, out_dir, *, splits=("training", "validation"), max_short_side=
     return shards.write_splits(out_dir, items, encode_pair, num_shards=num_shards,
                                class_names=info.class_names, workers=workers,
                                parameters={"dataset": "mapillary", "root": os.path.abspath(root),
-                                           "max_short_side": max_short_side}, log=log)
+                                           "max_short_side": max_short_side,
+                                           "strict": bool(strict)}, log=log)
