@@ -66,6 +66,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """Runs train.py; a refusal or a bad input is one `error:` line on stderr and exit status 2."""
     config, no_evaluation = parse_args(argv)
     if config.backbone_width < 16 and "TF_ENABLE_ONEDNN_OPTS" not in os.environ and argv is None:
         # TF 2.21's oneDNN filter gradient of a 1x1 stride-2 convolution with 8 input channels
@@ -76,6 +77,16 @@ def main(argv=None):
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
         os.execv(sys.executable, [sys.executable] + sys.argv)
     print(json.dumps(config.to_dict(), sort_keys=True))
+    try:
+        _train_and_evaluate(config, no_evaluation)
+    except (ValueError, OSError, FloatingPointError) as e:
+        # Each message names the file or field and the fix (another --run-dir, evaluate.py, ...).
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+    return 0
+
+
+def _train_and_evaluate(config, no_evaluation):
     # Imported here so --help answers without loading TensorFlow.
     from synergyseg.evaluation.evaluate_model import (
         EvaluationOptions, evaluate_model, evaluation_finished)
@@ -98,7 +109,6 @@ def main(argv=None):
         # The paper's Table I, the fusion ablation and the figures, into RUN/evaluation; speed is
         # evaluate.py's separate job.
         evaluate_model(EvaluationOptions(run_or_model=config.run_dir, speed=False, progress=False))
-    return 0
 
 
 if __name__ == "__main__":

@@ -91,6 +91,18 @@ def test_main_trains_then_evaluates_the_run_folder(tmp_path, capsys, monkeypatch
     assert RunConfig.from_json(run / "config.json").epochs == 1
     saved = RunConfig.from_json(run / "config.json").to_dict()
     assert json.loads(printed[:printed.index("\n")]) == json.loads(json.dumps(saved))
-    # Once evaluated, the run is finished: the same command is refused, pointing at evaluate.py.
-    with pytest.raises(ValueError, match=f"finished run .* python evaluate.py {run}"):
-        train.main(argv)
+    # Refusals are one error line with the fix, exit status 2. Once evaluated, the run is
+    # finished: the same command is refused, pointing at evaluate.py.
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"finished run (final.keras, metrics.json); pass another --run-dir" in err
+    assert f"python evaluate.py {run}" in err
+    assert train.main(argv + ["--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "another configuration" in err and "epochs: 1 there, 2 now" in err
+    (tmp_path / "a_file").write_text("not a folder")
+    assert train.main(argv[:2] + ["--run-dir", str(tmp_path / "a_file" / "run")] + argv[4:]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "a_file" in err, err
