@@ -160,7 +160,7 @@ def summarize(records, variants, header):
         wall = np.mean([r["train_wall_s"] for r in rows]) / 60
         load = np.mean([r.get("load_before", np.nan) for r in rows])
         lines.append(f"| {variant} | {len(rows)} | {_mean_std([r['miou'] for r in rows])} | "
-                     + " | ".join(cells) + f" | {wall:.1f} ({load:.1f}) |")
+                     + " | ".join(cells) + f" | {wall:.1f} ({'n/a' if np.isnan(load) else f'{load:.1f}'}) |")
     fusions = sorted({f for r in records for f in r["ablation"]})
     if fusions:
         lines += ["", "Test-time ablation (mIoU, mean ± std over seeds) of each trained model:", "",
