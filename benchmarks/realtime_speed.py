@@ -1,28 +1,40 @@
-"""Speed of the real-time model next to ResNet-50, single- and two-scale, on every CPU path, in one run.
+"""The real-time table of issue 18 in one run: our presets two- and single-scale next to SegFormer-B0.
 
 Examples:
-    python benchmarks/realtime_speed.py                                  # the full table
-    python benchmarks/realtime_speed.py --models realtime --sizes 512x1024 --repeats 3
-    python benchmarks/realtime_speed.py --paths keras,tflite-fp32 --trained runs/realtime/best.keras
+    python benchmarks/realtime_speed.py                                   # the full table (idle machine)
+    python benchmarks/realtime_speed.py --trained runs/realtime-lraspp-large-cut16 runs/realtime
+    python benchmarks/realtime_speed.py --models realtime,segformer-b0 --sizes 512x1024 --rounds 5
+    python benchmarks/realtime_speed.py --smoke --force                   # plumbing only (64x128, 1 round)
 
-One row per (model, scales, size, path): median ms per image (batch 1, class map out), FPS, conv
-GFLOPs (synergyseg.models.flops, depthwise included), and % of a 4096x4096 float32 matmul's
-GFLOP/s measured in the same run. Paths: Keras fp32 (tf.function), XLA (jit_compile), TFLite
-float32 and full-integer int8 (ai-edge-litert, --threads threads). "half" rows time the
-single-scale model at half the size, so the two-scale time splits into full scale + half scale
-+ the rest (the image downsample, the half scale's upsample and the fusion).
+Models: preset names (built with 19 classes and random weights, BatchNorm moving statistics set
+from one batch of synthetic scenes so activations have a trained model's scale) or, with
+--trained, run folders (their final.keras). Each is timed two-scale (its own fuse_at), single-scale
+(`with_fusion("high")`) and, when it fuses at the decoder, two-scale with the same weights fused at
+the input size. "segformer-b0" is keras-hub's SegFormer-B0 built from explicit arguments (no
+download), run on 512x512 windows: 2 per 512x1024 frame, 8 per 1024x2048 frame (batch 1 each).
 
---trained PATH adds the argmax agreement of each TFLite file with Keras on that trained model
-(at its training scene size, calibrated and scored on the synthetic set): int8 is allowed as the
-fast path only if it agrees with Keras on >= 98% of pixels (issue 9).
+Paths: TFLite float32 and full-integer int8 (ai-edge-litert, --threads threads, calibrated on
+synthetic scenes), Keras float32 (tf.function); batch 1, uint8 image in, int32 class map out (the
+served path: no probabilities or uncertainty output). Every TFLite file and its Keras model are
+made first; then, per size, each entry is warmed up and all are timed round-robin (--rounds
+rounds cycling over every (model, path) entry), so the machine's noise hits all alike.
+
+Refuses to start (exit 2) when the 1-minute load average is >= 0.5, unless --force. Records the
+load and `uptime` before and after, the CPU time other processes took while timing, versions and
+the command line, in benchmarks/results/realtime_speed.json and .md (--out to change).
 """
 
 import argparse
 import datetime
+import gc
+import json
 import os
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,140 +43,419 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import synergyseg  # noqa: E402
-from synergyseg.export import make_interpreter  # noqa: E402
-from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module  # noqa: E402
-from synergyseg.export.serving import ClassMap, ImagesToFloat  # noqa: E402
-from synergyseg.export.tflite import check_builtin_ops, calibration_images  # noqa: E402
-from synergyseg.models.flops import conv_flops  # noqa: E402
-from synergyseg.run_folder import load_model  # noqa: E402
-from synergyseg.training.config import REALTIME_MODEL  # noqa: E402
+from synergyseg.data.synthetic import render_scene  # noqa: E402
+from synergyseg.export import ClassMap, ImagesToFloat, check_builtin_ops, check_int8_scales  # noqa: E402
+from synergyseg.export import make_interpreter, undelegated_ops  # noqa: E402
+from synergyseg.export.saved_model import SIGNATURE_KEY  # noqa: E402
+from synergyseg.export.tflite import _convert  # noqa: E402  (the converter settings of every export)
+from synergyseg.models.flops import model_flops  # noqa: E402
+from synergyseg.run_folder import load_model, resolve_model_path  # noqa: E402
+from synergyseg.training.config import preset  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_speed import cpu_name, matmul_gflops  # noqa: E402
+from model_speed import cpu_name  # noqa: E402
 
-MODELS = {"resnet50": dict(backbone="resnet50"), "realtime": REALTIME_MODEL}
-PATHS = ("keras", "xla", "tflite-fp32", "tflite-int8")
-NUM_CLASSES = 19  # Cityscapes: the classes' upsample, softmax and fusion run at full resolution
-CALIBRATION = "data/synthetic/train-*.tfrecord"
-AGREEMENT_IMAGES = "data/synthetic/val-*.tfrecord"
+SEGFORMER = "segformer-b0"
+DEFAULT_MODELS = ("realtime", "realtime-lraspp-large-cut16", "realtime-lraspp-large-reduced",
+                  "realtime-lraspp-large32", "realtime-lraspp-small32",
+                  "realtime-lraspp-small-reduced", SEGFORMER)
+PATHS = ("tflite-fp32", "tflite-int8", "keras", "keras-xla")
+DEFAULT_PATHS = ("tflite-fp32", "tflite-int8", "keras")
+NUM_CLASSES = 19  # Cityscapes: the classes' upsample, softmax and fusion cost what they cost there
+# SegFormer-B0 as in its paper (MiT-B0 encoder, all-MLP decoder of 256 channels); its ADE20K
+# models run on 512x512 crops, so a frame is cut into 512x512 windows ("per pixel" comparable).
+SEGFORMER_WINDOW = 512
+MIT_B0 = dict(layerwise_depths=[2, 2, 2, 2], num_layers=4, hidden_dims=[32, 64, 160, 256],
+              layerwise_num_heads=[1, 2, 5, 8], layerwise_sr_ratios=[8, 4, 2, 1],
+              layerwise_patch_sizes=[7, 3, 3, 3], layerwise_strides=[4, 2, 2, 2],
+              max_drop_path_rate=0.1)
+SEGFORMER_HEAD_FILTERS = 256
+MAX_LOAD = 0.5  # issue 18: time only below this 1-minute load average
+RESULTS = "benchmarks/results/realtime_speed"
+# Seeds of the synthetic scenes for each use, apart so no scene is both calibrated on and scored.
+BATCHNORM_SEED, CALIBRATION_SEED, AGREEMENT_SEED, TIMING_SEED = 1000, 2000, 3000, 4000
+SMOKE = dict(models=("realtime-lraspp-large-cut16", SEGFORMER), sizes=((64, 128),), rounds=1,
+             warmup=1, calibration=1, agreement=1)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from all_layers(layer)
+
+
+def set_batchnorm_statistics(model, images):
+    """Sets every BatchNorm's moving mean and variance to those of `images` (no weight changes).
+
+    With their initial statistics (mean 0, variance 1) a random MobileNetV3 in inference mode
+    shrinks its signal to nothing and every argmax is a tie; one training-mode call with
+    momentum 0 gives each BatchNorm the statistics of real activations.
+    """
+    norms = [l for l in all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    momentum = [l.momentum for l in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer, m in zip(norms, momentum):
+        layer.momentum = m
+
+
+def synthetic_batch(size, count, seed):
+    """`count` synthetic street scenes, uint8 `(count, h, w, 3)`."""
+    return np.stack([render_scene(seed + i, *size)[0] for i in range(count)])
+
+
+def build_preset(name):
+    """A preset's two-scale model with 19 classes, random weights and BatchNorm statistics of scenes."""
+    config = preset(name, num_classes=NUM_CLASSES)
+    keras.utils.set_random_seed(0)
+    model = synergyseg.build_synergyseg(
+        NUM_CLASSES, backbone=config.backbone, output_stride=config.output_stride,
+        fusion=config.fusion, head=config.head, fuse_at=config.fuse_at,
+        **{k: getattr(config, k) for k in ("backbone_width", "head_filters")},
+        **({k: getattr(config, k) for k in ("low_level_filters", "separable")}
+           if config.head == "deeplabv3plus" else {}))
+    model = model.with_fusion()  # the one-output model whatever the preset's auxiliary loss
+    set_batchnorm_statistics(model.submodel, synthetic_batch((256, 512), 4, BATCHNORM_SEED).astype("float32"))
+    return model
+
+
+def load_trained(run_dir):
+    """A trained run folder's final.keras (else the file or folder as `load_model` resolves it)."""
+    final = os.path.join(run_dir, "final.keras")
+    path = final if os.path.isfile(final) else resolve_model_path(run_dir)
+    return synergyseg.with_fusion(load_model(path)), path
+
+
+def build_segformer(window):
+    """keras-hub SegFormer-B0 (MiT-B0 + 256-channel MLP head), 19 classes, on `window` x `window` images.
+
+    Input RGB in [0, 255] (scaled to [-1, 1] first, as a preprocessor would), output logits at the
+    input size (keras-hub resizes them bilinearly). Random weights; its one BatchNorm (in the
+    head's fuse layer) gets the statistics of synthetic scenes.
+    """
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    encoder = keras_hub.models.MiTBackbone(image_shape=(window, window, 3), **MIT_B0)
+    backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder,
+                                                  projection_filters=SEGFORMER_HEAD_FILTERS)
+    segmenter = keras_hub.models.SegFormerImageSegmenter(backbone=backbone, num_classes=NUM_CLASSES)
+    image = keras.Input((window, window, 3))
+    model = keras.Model(image, segmenter(keras.layers.Rescaling(1 / 127.5, offset=-1)(image)),
+                        name=SEGFORMER)
+    set_batchnorm_statistics(model, synthetic_batch((window, window), 2, BATCHNORM_SEED).astype("float32"))
+    return model
+
+
+def variants(label, model):
+    """`(variant name, Keras model)` of one two-scale model: as built, single-scale, fused at the input."""
+    out = [(f"two-scale ({model.fuse_at})", model), (f"single-scale ({model.fuse_at})", model.with_fusion("high"))]
+    if model.fuse_at == "decoder":
+        out.append(("two-scale (input)", model.with_fusion(fuse_at="input")))
+    return [(f"{label}", name, m) for name, m in out]
 
 
 def class_map_model(model):
-    """uint8 images -> int32 class map of `model` (what an application waits for)."""
-    images = keras.Input((None, None, 3), dtype="uint8", name="images")
-    return keras.Model(images, ClassMap(name="class_map")(model(ImagesToFloat()(images))))
+    """uint8 images -> {"class_map": int32} of `model` (the served path)."""
+    images = keras.Input(tuple(model.inputs[0].shape[1:3]) + (3,), dtype="uint8", name="images")
+    return keras.Model(images, {"class_map": ClassMap(name="class_map")(model(ImagesToFloat()(images)))})
 
 
-def tflite_class_map(model, size, quantization, calibration):
-    """A TFLite flatbuffer of `class_map_model(model)` at `size` (builtin ops only)."""
-    module = serving_module(class_map_model(model), input_shape=(1, *size, 3))
-    with tempfile.TemporaryDirectory() as saved:
-        tf.saved_model.save(module, saved, signatures={SIGNATURE_KEY: module.serve})
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, [SIGNATURE_KEY])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization == "int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.representative_dataset = lambda: ([image] for image in calibration)
-        content = converter.convert()
-    check_builtin_ops(content)
-    return content
+# --- paths ------------------------------------------------------------------------------------
+
+def windows_of(size, window):
+    """`(window_size, count)` cutting a frame of `size` into squares (None: the whole frame)."""
+    if window is None:
+        return size, 1
+    h, w = size
+    side = min(window, h, w)
+    if h % side or w % side:
+        raise ValueError(f"size {h}x{w} is not a whole number of {side}x{side} windows")
+    return (side, side), (h // side) * (w // side)
+
+
+def windowed(fn, size, window_size):
+    """A frame -> class map function running `fn` on each window of the frame in turn (batch 1)."""
+    if window_size == size:
+        return fn
+    (h, w), (wh, ww) = size, window_size
+
+    def run(frame):
+        out = np.empty((1, h, w), np.int32)
+        for y in range(0, h, wh):
+            for x in range(0, w, ww):
+                out[:, y:y + wh, x:x + ww] = fn(np.ascontiguousarray(frame[:, y:y + wh, x:x + ww]))
+        return out
+    return run
+
+
+def keras_runner(model, jit_compile=False):
+    served = class_map_model(model)
+    fn = tf.function(lambda x: served(x, training=False)["class_map"], jit_compile=jit_compile)
+    return lambda images: fn(tf.constant(images)).numpy()
 
 
 def tflite_runner(content, threads):
-    interpreter = make_interpreter(model_content=content, num_threads=threads)
-    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
-    return lambda images: next(iter(runner(images=images).values()))
+    runner = make_interpreter(model_content=content, num_threads=threads).get_signature_runner(SIGNATURE_KEY)
+    return lambda images: runner(images=images)["class_map"]
 
 
-def calibration_set(size, count):
-    if os.path.exists(os.path.dirname(CALIBRATION)):
-        return list(calibration_images(CALIBRATION, size, count))
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, (1, *size, 3), dtype=np.uint8) for _ in range(count)]
+def convert(model, size, quantization, calibration):
+    """The TFLite flatbuffer of `class_map_model(model)` at `size` (export's converter settings)."""
+    content = _convert(class_map_model(_at_size(model, size)), size, quantization, calibration)
+    check_builtin_ops(content)
+    if quantization == "int8":
+        check_int8_scales(content)
+    return content
 
 
-def time_ms(fn, images, repeats, warmup=1):
-    for _ in range(warmup):
-        np.asarray(fn(images))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.asarray(fn(images))
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+def _at_size(model, size):
+    """`model` itself (any size) or, for a fixed-size model, checked against `size`."""
+    fixed = tuple(model.inputs[0].shape[1:3])
+    if None not in fixed and fixed != tuple(size):
+        raise ValueError(f"{model.name} takes {fixed[0]}x{fixed[1]} images, not {size[0]}x{size[1]}")
+    return model
 
 
-def variants(model, size):
-    """(scales label, Keras model, input size, conv FLOPs) of one model at one size."""
-    h, w = size
-    sub = model.submodel
-    half = ((h + 1) // 2, (w + 1) // 2)
-    full_flops, half_flops = conv_flops(sub, h, w), conv_flops(sub, *half)
-    return [("single", sub, size, full_flops), ("half", sub, half, half_flops),
-            ("two-scale", model, size, full_flops + half_flops)]
+def tf_profiler_flops(model, size):
+    """FLOPs of every op of `model`'s graph at `size` by tf.profiler (its own per-op conventions)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec((1, *size, 3), tf.float32))
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    graph = convert_variables_to_constants_v2(fn).graph
+    return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
 
 
-def speed_rows(args, ceiling):
-    rows = []
+# --- load -------------------------------------------------------------------------------------
+
+def load_record():
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return {"time": datetime.datetime.now().isoformat(timespec="seconds"),
+            "loadavg": [round(x, 2) for x in os.getloadavg()], "uptime": uptime}
+
+
+def busy_cpu_seconds():
+    """CPU seconds the whole machine has been busy (from /proc/stat), or None where unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersCPU:
+    """CPU time other processes took while a block ran, as a share of the machine's cores."""
+
+    def __enter__(self):
+        self.wall, self.busy, self.own = time.perf_counter(), busy_cpu_seconds(), sum(os.times()[:2])
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.wall
+        busy = busy_cpu_seconds()
+        own = sum(os.times()[:2]) - self.own
+        self.share = (None if busy is None or self.busy is None else
+                      round(max(0.0, (busy - self.busy - own)) / (wall * os.cpu_count()), 3))
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def prepare(args):
+    """Every entry's model, runner factory, GFLOPs, undelegated ops and agreement, before any timing."""
+    sources = []
     for name in args.models:
-        keras.utils.set_random_seed(0)
-        model = synergyseg.build_synergyseg(NUM_CLASSES, **MODELS[name])
-        for size in args.sizes:
-            for scales, keras_model, in_size, flops in variants(model, size):
-                images = np.random.default_rng(0).integers(0, 256, (1, *in_size, 3), dtype=np.uint8)
-                plain = class_map_model(keras_model)
-                for path in args.paths:
-                    if path in ("keras", "xla"):
-                        fn = tf.function(lambda x, m=plain: m(x, training=False),
-                                         jit_compile=path == "xla")
-                    else:
-                        quantization = path.split("-")[1]
-                        calibration = calibration_set(in_size, args.calibration) if quantization == "int8" else None
-                        fn = tflite_runner(tflite_class_map(keras_model, in_size, quantization, calibration),
-                                           args.threads)
-                    ms = time_ms(fn, images, args.repeats)
-                    rate = flops / (ms / 1000) / 1e9
-                    row = (name, scales, f"{in_size[0]}x{in_size[1]}", path, ms, 1000 / ms,
-                           flops / 1e9, 100 * rate / ceiling)
-                    print("| {} | {} | {} | {} | {:.0f} | {:.2f} | {:.1f} | {:.0f}% |".format(*row), flush=True)
-                    rows.append(row)
-    return rows
+        if name == SEGFORMER:
+            sources.append((SEGFORMER, None))
+        else:
+            print(f"building {name} ...", flush=True)
+            sources.append((name, build_preset(name)))
+    for run_dir in args.trained:
+        model, path = load_trained(run_dir)
+        print(f"loaded {path}", flush=True)
+        sources.append((os.path.basename(os.path.normpath(run_dir)), model))
+
+    entries, segformers, conversions = [], {}, {}
+    for size in args.sizes:
+        frames = synthetic_batch(size, args.agreement, AGREEMENT_SEED)
+        for name, two_scale in sources:
+            if two_scale is None:
+                window_size, count = windows_of(size, SEGFORMER_WINDOW)
+                if window_size not in segformers:  # one model (and TFLite file) per window size
+                    segformers[window_size] = build_segformer(window_size[0])
+                rows = [(name, f"{count} windows {window_size[0]}x{window_size[1]}", segformers[window_size])]
+            else:
+                window_size, count = size, 1
+                rows = variants(name, two_scale)
+            for label, variant, model in rows:
+                entries += prepare_variant(args, label, variant, model, size, window_size, count, frames,
+                                           conversions)
+            gc.collect()
+    return entries
 
 
-def print_ratios(rows):
-    """Two-scale / single-scale time, and where the second scale's time goes."""
-    by_key = {(r[0], r[1], r[3], r[2] if r[1] != "half" else None): r for r in rows}
-    print("\n| model | size | path | two / single time | FLOPs ratio | half scale | rest (resizes + fusion) |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    for (name, scales, path, size), row in by_key.items():
-        if scales != "two-scale" or (name, "single", path, size) not in by_key:
+def prepare_variant(args, label, variant, model, size, window_size, count, frames, conversions):
+    print(f"  {label} {variant} {size[0]}x{size[1]}", flush=True)
+    base = dict(model=label, variant=variant, size=f"{size[0]}x{size[1]}", windows=count,
+                gflops=None, gflops_tf_profiler=None)
+    if count == 1:
+        base["gflops"] = round(model_flops(model, *size) / 1e9, 3)
+    try:
+        base["gflops_tf_profiler"] = round(count * tf_profiler_flops(model, window_size) / 1e9, 3)
+    except Exception as e:  # a counter's gap is reported, not fatal
+        base["gflops_tf_profiler_error"] = f"{type(e).__name__}: {e}"[:300]
+    keras_fn = windowed(keras_runner(model), size, window_size)
+    expected = [keras_fn(frames[i:i + 1]) for i in range(len(frames))] if frames.size else []
+    out = []
+    for path in args.paths:
+        entry = dict(base, path=path)
+        if path == "keras":  # the function already traced for the agreement's reference
+            entry["runner"] = lambda: keras_fn
+        elif path == "keras-xla":
+            entry["runner"] = lambda: windowed(keras_runner(model, jit_compile=True), size, window_size)
+        else:
+            quantization = {"tflite-fp32": "float32", "tflite-int8": "int8"}[path]
+            calibration = None
+            if quantization == "int8":
+                scenes = synthetic_batch(size, args.calibration, CALIBRATION_SEED)
+                calibration = [np.ascontiguousarray(s[None, y:y + window_size[0], x:x + window_size[1]])
+                               for s in scenes for y in range(0, size[0], window_size[0])
+                               for x in range(0, size[1], window_size[1])][:max(args.calibration, 1)]
+            key = (id(model), window_size, quantization)
+            if key not in conversions:  # the file, or why it could not be made
+                try:
+                    conversions[key] = convert(model, window_size, quantization, calibration)
+                except Exception as e:
+                    conversions[key] = e
+            content = conversions[key]
+            if isinstance(content, Exception):
+                e = content
+                entry["error"] = f"TFLite {quantization} conversion: {type(e).__name__}: {e}"[:500]
+                print(f"    {path}: {entry['error']}", flush=True)
+                out.append(entry)
+                continue
+            entry["tflite_bytes"] = len(content)
+            entry["undelegated_ops"] = undelegated_ops(content, args.threads)
+            entry["runner"] = (lambda c=content: windowed(tflite_runner(c, args.threads), size, window_size))
+            run = entry["runner"]()
+            entry["agreement_pct"] = (round(100 * float(np.mean([(run(frames[i:i + 1]) == e).mean()
+                                                               for i, e in enumerate(expected)])), 3)
+                                      if expected else None)
+        out.append(entry)
+    return out
+
+
+def time_round_robin(entries, frame, warmup, rounds):
+    """Median ms per entry: each warmed up, then `rounds` rounds each timing every entry once."""
+    runners = [e["runner"]() for e in entries]
+    for run in runners:
+        for _ in range(warmup):
+            run(frame)
+    times = [[] for _ in entries]
+    for _ in range(rounds):
+        for run, ts in zip(runners, times):
+            start = time.perf_counter()
+            np.asarray(run(frame))
+            ts.append(1000 * (time.perf_counter() - start))
+    for entry, ts in zip(entries, times):
+        entry["times_ms"] = [round(t, 3) for t in ts]
+        entry["ms"] = round(float(np.median(ts)), 3)
+        entry["fps"] = round(1000 / entry["ms"], 3)
+
+
+def ratios(entries):
+    """Two-scale / single-scale time per model, size, path; each entry's FPS / SegFormer-B0's."""
+    timed = [e for e in entries if "ms" in e]
+    two_over_single = []
+    for e in timed:
+        if not e["variant"].startswith("two-scale"):
             continue
-        single = by_key[(name, "single", path, size)]
-        h, w = map(int, size.split("x"))
-        half = next((r for r in rows if r[:2] == (name, "half") and r[3] == path
-                     and r[2] == f"{(h + 1) // 2}x{(w + 1) // 2}"), None)
-        extra = row[4] - single[4]
-        half_ms = half[4] if half else float("nan")
-        print(f"| {name} | {size} | {path} | {row[4] / single[4]:.2f} | {row[6] / single[6]:.2f} | "
-              f"{half_ms:.0f} ms | {extra - half_ms:.0f} ms |")
+        fuse_at = e["variant"].split("(")[1].rstrip(")")
+        single = next((s for s in timed if (s["model"], s["size"], s["path"]) == (e["model"], e["size"], e["path"])
+                       and s["variant"].startswith("single-scale")), None)
+        if single:
+            two_over_single.append(dict(model=e["model"], fuse_at=fuse_at, size=e["size"], path=e["path"],
+                                        two_scale_ms=e["ms"], single_scale_ms=single["ms"],
+                                        single_fuse_at=single["variant"].split("(")[1].rstrip(")"),
+                                        ratio=e["ms"] / single["ms"]))
+    vs_segformer = []
+    for e in timed:
+        reference = next((s for s in timed if s["model"] == SEGFORMER and (s["size"], s["path"]) == (e["size"], e["path"])), None)
+        if reference and e["model"] != SEGFORMER:
+            vs_segformer.append(dict(model=e["model"], variant=e["variant"], size=e["size"], path=e["path"],
+                                     fps=e["fps"], segformer_fps=reference["fps"], ratio=e["fps"] / reference["fps"]))
+    return dict(two_over_single=two_over_single, vs_segformer=vs_segformer)
 
 
-def agreement(path, threads, count=8):
-    """Argmax agreement of TFLite float32 and int8 with Keras on a trained two-scale model."""
-    from synergyseg.data import eval_dataset
+def versions():
+    found = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    for package in ("ai-edge-litert", "keras-hub"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
 
-    model = load_model(path)
-    images = [tf.cast(image, tf.uint8).numpy() for image, _ in eval_dataset(AGREEMENT_IMAGES, limit=count)]
-    size = images[0].shape[1:3]
-    expected = [class_map_model(model).predict(image, verbose=0) for image in images]
-    print(f"\nargmax agreement with Keras, trained model {path}, {len(images)} synthetic val scenes "
-          f"{size[0]}x{size[1]} (int8 calibrated on {count} training scenes):")
-    for quantization in ("float32", "int8"):
-        calibration = calibration_set(size, count) if quantization == "int8" else None
-        run = tflite_runner(tflite_class_map(model, size, quantization, calibration), threads)
-        agree = np.mean([(run(image) == e).mean() for image, e in zip(images, expected)])
-        print(f"  TFLite {quantization}: {100 * agree:.2f}% of pixels")
+
+def markdown(result):
+    lines = [f"# Real-time speed table ({result['date']})", "",
+             f"`{result['command']}`", "",
+             f"{result['cpu']}, {result['cores']} cores; TFLite {result['threads']} threads (ai-edge-litert "
+             f"{result['versions']['ai-edge-litert']}), TensorFlow {result['versions']['tensorflow']}, "
+             f"Keras {result['versions']['keras']}, keras-hub {result['versions']['keras-hub']}. Batch 1, uint8 "
+             f"frame in, class map out; median of {result['settings']['rounds']} round-robin rounds after "
+             f"{result['settings']['warmup']} warm-up calls.", "",
+             f"Load before: `{result['load']['start']['uptime']}`; before timing: "
+             f"`{result['load']['before_timing']['uptime']}`; after: `{result['load']['end']['uptime']}`. "
+             f"Other processes' CPU while timing (share of all cores): "
+             f"{', '.join(f'{k} {v}' for k, v in result['others_cpu_share'].items())}.", ""]
+    if not result["settings"]["trained"]:
+        lines += ["Random weights: the agreement column (TFLite vs Keras argmax) only checks the "
+                  "plumbing; it is meaningful for --trained runs.", ""]
+    speedup = {(r["model"], r["variant"], r["size"], r["path"]): r["ratio"] for r in result["ratios"]["vs_segformer"]}
+    lines += ["| model | variant | size | path | GFLOPs (ours) | GFLOPs (tf.profiler) | ms | FPS | x SegFormer-B0 | "
+              "agreement % | ops XNNPACK leaves |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for e in result["entries"]:
+        def fmt(v, spec):
+            return "" if v is None else format(v, spec)
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(e.get("undelegated_ops", {}).items()))
+        if "error" in e:
+            ms, fps, ops = "failed", "", e["error"].split("\n")[0][:120]
+        else:
+            ms, fps = fmt(e.get("ms"), ".1f"), fmt(e.get("fps"), ".1f")
+        lines.append(f"| {e['model']} | {e['variant']} | {e['size']} | {e['path']} | {fmt(e['gflops'], '.1f')} | "
+                     f"{fmt(e['gflops_tf_profiler'], '.1f')} | {ms} | {fps} | "
+                     f"{fmt(speedup.get((e['model'], e['variant'], e['size'], e['path'])), '.2f')} | "
+                     f"{fmt(e.get('agreement_pct'), '.2f')} | {ops} |")
+    lines += ["", "| model | two-scale fused at | size | path | two-scale ms | single-scale ms | ratio |",
+              "|---|---|---|---|---:|---:|---:|"]
+    for r in result["ratios"]["two_over_single"]:
+        lines.append(f"| {r['model']} | {r['fuse_at']} | {r['size']} | {r['path']} | {r['two_scale_ms']:.1f} | "
+                     f"{r['single_scale_ms']:.1f} | {r['ratio']:.2f} |")
+    lines += ["", *[f"- {n}" for n in result["notes"]], ""]
+    return "\n".join(lines)
+
+
+NOTES = [
+    "GFLOPs (ours): synergyseg.models.flops.model_flops per frame (convolutions, resizes, softmax, "
+    "fusion; 2 per multiply-add). It does not count SegFormer's attention and MLP matmuls, so it is "
+    "left empty there.",
+    "GFLOPs (tf.profiler): tf.compat.v1.profiler float_operation on the frozen float graph, every op "
+    "by its own convention (matmuls and convs 2 per multiply-add, elementwise ops too); the one "
+    "counter that covers both families, per frame (SegFormer: per window x windows).",
+    "SegFormer-B0: keras-hub MiTBackbone (depths 2,2,2,2, dims 32,64,160,256, heads 1,2,5,8, sr "
+    "8,4,2,1, patches 7,3,3,3, strides 4,2,2,2) + SegFormerBackbone (256) + SegFormerImageSegmenter "
+    "(19 classes), random weights, run window by window (batch 1) and the class maps tiled.",
+    "int8: full-integer, calibrated on synthetic scenes; agreement = % of pixels whose TFLite "
+    "argmax equals the Keras model's on synthetic scenes at that size.",
+]
 
 
 def parse_size(text):
@@ -172,36 +463,98 @@ def parse_size(text):
     return int(h), int(w)
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of {sorted(MODELS)}")
-    parser.add_argument("--sizes", default="512x1024,1024x2048", help="comma list of HxW")
-    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {PATHS}")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default=None,
+                        help=f"comma list of presets and/or {SEGFORMER!r} (default: {','.join(DEFAULT_MODELS)}; "
+                             f"with --trained: {SEGFORMER}; '' for none)")
+    parser.add_argument("--trained", nargs="+", default=[], metavar="RUN_DIR", help="trained run folders (final.keras)")
+    parser.add_argument("--sizes", default="512x1024,1024x2048", help="comma list of HxW frame sizes")
+    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"comma list of {PATHS}")
+    parser.add_argument("--rounds", type=int, default=7, help="round-robin rounds (median over them)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per entry first")
     parser.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
-    parser.add_argument("--calibration", type=int, default=4, help="int8 calibration images")
-    parser.add_argument("--trained", default=None, help="a trained realtime .keras for the agreement check")
-    args = parser.parse_args()
-    args.models = args.models.split(",")
+    parser.add_argument("--calibration", type=int, default=4, help="int8 calibration scenes")
+    parser.add_argument("--agreement", type=int, default=4, help="synthetic scenes scored for TFLite vs Keras agreement")
+    parser.add_argument("--out", default=None, help=f"output prefix for .json and .md (default {RESULTS}; "
+                                                    "with --smoke a temporary folder)")
+    parser.add_argument("--smoke", action="store_true", help="plumbing check: 64x128, 1 round, two models")
+    parser.add_argument("--force", action="store_true", help=f"run even if the 1-minute load is >= {MAX_LOAD}")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+        args.models = ",".join(args.models)
+        args.sizes = ",".join(f"{h}x{w}" for h, w in args.sizes)
+    if args.models is None:
+        args.models = SEGFORMER if args.trained else ",".join(DEFAULT_MODELS)
+    args.models = [m for m in args.models.split(",") if m]
     args.sizes = [parse_size(s) for s in args.sizes.split(",")]
     args.paths = args.paths.split(",")
-    for bad in set(args.models) - set(MODELS) | set(args.paths) - set(PATHS):
-        parser.error(f"unknown model or path {bad!r}: models {sorted(MODELS)}, paths {PATHS}")
+    for name in args.models:
+        if name != SEGFORMER:
+            try:
+                preset(name)
+            except ValueError as e:
+                parser.error(str(e))
+    for path in args.paths:
+        if path not in PATHS:
+            parser.error(f"unknown path {path!r}; expected some of {PATHS}")
+    if args.out is None:
+        args.out = os.path.join(tempfile.mkdtemp(prefix="realtime_speed_smoke-"), "realtime_speed") if args.smoke else RESULTS
+    return args
 
-    print(f"# {datetime.datetime.now():%Y-%m-%d %H:%M}  {cpu_name()}  {os.cpu_count()} cores  "
-          f"load average {os.getloadavg()[0]:.1f}  tensorflow {tf.__version__}, keras {keras.__version__}")
-    print(f"# {NUM_CLASSES} classes, batch 1, uint8 image in, int32 class map out; median of "
-          f"{args.repeats}; TFLite {args.threads} threads")
-    ceiling = matmul_gflops()
-    print(f"matmul 4096^2 float32: {ceiling:.1f} GFLOP/s (the ceiling)")
-    print("| model | scales | size | path | ms | FPS | conv GFLOPs | % of matmul |")
-    print("|---|---|---|---|---:|---:|---:|---:|")
-    rows = speed_rows(args, ceiling)
-    print_ratios(rows)
-    if args.trained:
-        agreement(args.trained, args.threads)
-    print(f"# load average at the end {os.getloadavg()[0]:.1f}")
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = load_record()
+    if start["loadavg"][0] >= MAX_LOAD and not args.force:
+        print(f"refusing to time: 1-minute load average {start['loadavg'][0]:.2f} >= {MAX_LOAD} "
+              f"({start['uptime']}); wait for an idle machine or pass --force", file=sys.stderr)
+        return 2
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["realtime_speed.py", *argv])
+    print(f"# {start['time']}  {cpu_name()}  load {start['loadavg']}", flush=True)
+
+    started = time.perf_counter()
+    entries = prepare(args)
+    prepare_s = time.perf_counter() - started
+    before = load_record()
+    others = {}
+    for size in args.sizes:
+        label = f"{size[0]}x{size[1]}"
+        group = [e for e in entries if e["size"] == label and "runner" in e]
+        frame = synthetic_batch(size, 1, TIMING_SEED)
+        print(f"timing {len(group)} entries at {label} ...", flush=True)
+        with OthersCPU() as cpu:
+            time_round_robin(group, frame, args.warmup, args.rounds)
+        others[label] = cpu.share
+        for e in group:
+            print(f"| {e['model']} | {e['variant']} | {e['size']} | {e['path']} | {e['ms']:.1f} ms | {e['fps']:.1f} FPS |",
+                  flush=True)
+        gc.collect()
+    end = load_record()
+    timing_s = time.perf_counter() - started - prepare_s
+
+    for e in entries:
+        e.pop("runner", None)
+    result = dict(
+        command=command, date=start["time"], cpu=cpu_name(), cores=os.cpu_count(), threads=args.threads,
+        versions=versions(), load=dict(start=start, before_timing=before, end=end), others_cpu_share=others,
+        settings=dict(models=args.models, trained=args.trained, sizes=[f"{h}x{w}" for h, w in args.sizes],
+                      paths=args.paths, rounds=args.rounds, warmup=args.warmup, calibration=args.calibration,
+                      agreement=args.agreement, smoke=args.smoke, forced=args.force,
+                      segformer_window=SEGFORMER_WINDOW, num_classes=NUM_CLASSES),
+        wall_s=dict(prepare=round(prepare_s, 1), timing=round(timing_s, 1)),
+        entries=entries, ratios=ratios(entries), notes=NOTES)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    with open(args.out + ".md", "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    print(f"wrote {args.out}.json and {args.out}.md")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
