@@ -114,16 +114,15 @@ class SynergySeg(keras.Model):
         """Compiles with the paper's recipe for each argument left at "auto".
 
         "auto" means: SGD with momentum 0.9 and weight decay 5e-4, learning rate 0.01 with
-        polynomial decay (power 0.9) to 0 over `decay_steps` steps (default: what the first
-        `fit` runs, epochs x steps per epoch), cross-entropy and mean IoU that ignore label 255.
-        The dict-output model (`scale_outputs=True`) gets the loss on "fused" only.
+        polynomial decay (power 0.9) to 0 over `decay_steps` steps (default: what the next `fit`
+        runs, its epochs times Keras's own count of its steps per epoch; saved with the model,
+        unset until then), cross-entropy and mean IoU that ignore label 255. The dict-output model
+        (`scale_outputs=True`) gets the loss on "fused" only.
         """
         # The recipe lives with the training run; imported here so the model module stays below it.
         from synergyseg.training.recipe import paper_compile_arguments
 
-        auto, schedule = paper_compile_arguments(self.num_classes, decay_steps, dict_outputs=self.scale_outputs)
-        # The schedule whose length the first fit sets, when compile was not told it.
-        self._decay_set_by_fit = schedule if optimizer == "auto" and decay_steps is None else None
+        auto, _ = paper_compile_arguments(self.num_classes, decay_steps, dict_outputs=self.scale_outputs)
         super().compile(
             optimizer=auto["optimizer"] if optimizer == "auto" else optimizer,
             loss=auto["loss"] if loss == "auto" else loss,
@@ -131,14 +130,22 @@ class SynergySeg(keras.Model):
             **kwargs,
         )
 
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, steps_per_epoch=None, **kwargs):
-        """`keras.Model.fit`; after `compile()` without decay_steps, the first fit sets the decay's length."""
-        schedule = getattr(self, "_decay_set_by_fit", None)
+    def fit(self, x=None, y=None, epochs=1, callbacks=None, initial_epoch=0, **kwargs):
+        """`keras.Model.fit`, kept inside the optimizer's polynomial decay (`WarmupPolynomialDecay`).
+
+        A decay without a length (`compile()` without decay_steps) gets this fit's: epochs times
+        the steps per epoch Keras counts for `x`. A fit that would run past the decay's end (a
+        second fit after a finished one) is refused, saying how to go on.
+        """
+        from synergyseg.training.schedules import DecayLength, decay_schedule
+
+        schedule = decay_schedule(self.optimizer) if self.compiled else None
         if schedule is not None:
-            schedule.set_decay_steps(epochs * _steps_per_epoch(x, batch_size, steps_per_epoch))
-            self._decay_set_by_fit = None
-        return super().fit(x, y, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                           **kwargs)
+            if isinstance(callbacks, keras.callbacks.CallbackList):
+                raise ValueError("SynergySeg.fit takes callbacks as a list (it adds the decay's check)")
+            # Last: after callbacks that restore a run in on_train_begin (BackupAndRestore).
+            callbacks = list(callbacks or []) + [DecayLength(schedule, initial_epoch)]
+        return super().fit(x, y, epochs=epochs, callbacks=callbacks, initial_epoch=initial_epoch, **kwargs)
 
     def compile_from_config(self, config):
         """Restores a saved compile (optimizer state included) as saved, not with the "auto" defaults."""
@@ -213,21 +220,6 @@ def two_scale_parts(config):
     config["submodel"] = keras.saving.deserialize_keras_object(config["submodel"])
     config["fusion"] = keras.saving.deserialize_keras_object(config["fusion"])
     return config
-
-
-def _steps_per_epoch(x, batch_size, steps_per_epoch):
-    """Steps of one epoch of `fit(x, ...)`, for the polynomial decay's length."""
-    if steps_per_epoch:
-        return steps_per_epoch
-    cardinality = getattr(x, "cardinality", None)
-    if cardinality is not None:
-        count = int(cardinality())
-        if count > 0:
-            return count
-        raise ValueError(
-            "compile() without decay_steps: fit() needs the number of steps; the dataset's length "
-            "is unknown or infinite, so pass steps_per_epoch= to fit() or decay_steps= to compile()")
-    return -(-len(x) // (batch_size or 32))  # arrays: Keras's default batch size is 32
 
 
 def build_synergyseg(

@@ -76,11 +76,12 @@ def paper_compile_arguments(num_classes, decay_steps=None, dict_outputs=False):
     """`(compile arguments, schedule)`: `optimizer`, `loss` and `metrics` of the paper's recipe (see
     `SynergySeg.compile`), and the optimizer's learning-rate schedule.
 
-    With `decay_steps=None` the schedule's length is a placeholder that `SynergySeg.fit` sets
-    (`schedule.set_decay_steps`) from its epochs and steps before the first step.
+    With `decay_steps=None` the schedule has no length yet: `SynergySeg.fit` sets it from its
+    epochs and Keras's own count of steps per epoch before the first step (`schedules.DecayLength`),
+    and it is saved with the model as unset until then.
     """
     arguments = compile_arguments(num_classes, dict_outputs=dict_outputs)
     arguments.pop("loss_weights", None)
-    schedule = WarmupPolynomialDecay(LEARNING_RATE, decay_steps or 1, power=POLY_POWER)
+    schedule = WarmupPolynomialDecay(LEARNING_RATE, decay_steps, power=POLY_POWER)
     arguments["optimizer"] = sgd(schedule)
     return arguments, schedule
