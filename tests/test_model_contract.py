@@ -138,7 +138,7 @@ def test_trained_run_loads_in_a_fresh_process_after_import_synergyseg(tmp_path):
 
 @pytest.mark.parametrize("separable", [None, False, True])
 def test_every_model_field_of_the_run_config_reaches_the_model(separable):
-    config = preset("realtime", separable=separable, head_filters=24, low_level_filters=8)
+    config = preset("realtime-deeplab-large16", separable=separable, head_filters=24, low_level_filters=8)
     sub = build_model(config).submodel
     built = {k: sub.get_config()[k] for k in ("backbone", "output_stride", "head_filters",
                                                "low_level_filters", "separable", "dropout")}

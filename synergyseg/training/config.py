@@ -189,11 +189,13 @@ PRESETS = {
 }
 
 
-# The real-time model (issue 9): MobileNetV3-Large at output stride 16 with a separable DeepLabV3+
-# head of 128 filters, 63 GFLOPs two-scale at 1024x2048 (BENCHMARKS.md). The recipes are the ones
-# above; pass backbone_weights= keras.applications' MobileNetV3-Large "notop" .h5 on real data.
-REALTIME_MODEL = dict(backbone="mobilenetv3_large", backbone_width=64, head_filters=128,
-                      low_level_filters=32, separable=True)
+# The real-time model (issue 18, chosen by BENCHMARKS.md "Real-time model"): MobileNetV3-Large cut
+# after stride 16 under an LR-ASPP head of 128 filters, both scales fused on the head's stride-8
+# grid and upsampled once: 16.8 GFLOPs two-scale at 1024x2048 (synergyseg.models.flops.model_flops).
+# The recipes are the ones above; pass backbone_weights= keras.applications' MobileNetV3-Large
+# "notop" .h5 on real data (every layer the cut trunk keeps loads from it).
+REALTIME_MODEL = dict(head="lraspp", backbone="mobilenetv3_large_cut16", output_stride=16,
+                      backbone_width=64, head_filters=128, fuse_at="decoder")
 PRESETS["realtime"] = PRESETS["synthetic"].replace(
     preset="realtime", run_dir="runs/realtime", **REALTIME_MODEL)
 PRESETS["realtime-cityscapes"] = PRESETS["cityscapes"].replace(
