@@ -5,7 +5,8 @@ from keras import layers
 
 from synergyseg.models.names import MOBILENETS
 from synergyseg.models.resize import ResizeLike
-from synergyseg.models.submodel import SegmentationModel, check_trunk, trunk_features
+from synergyseg.models.submodel import (SegmentationModel, base_config, building_policy, check_trunk,
+                                        trunk_features)
 from synergyseg.models.weights import load_backbone_weights
 
 # ASPP atrous rates at output stride 16; DeepLabV3 doubles them at output stride 8 (halved at 32).
@@ -78,6 +79,8 @@ class DeepLabV3Plus(SegmentationModel):
         separable: ASPP's atrous and the decoder's 3x3 convs as depthwise-separable convs (the
             paper's atrous separable convolution, section 3.2); None (default) picks the
             trunk's head: separable for MobileNetV3 (the real-time model), plain for ResNets.
+        dtype: the dtype policy its layers are built under, e.g. "mixed_float16" (default: the
+            global policy then); kept in the config, so the model loads back under it.
 
     Input `(batch, h, w, 3)` RGB in [0, 255], uint8 or float, any h and w; output
     `(batch, h, w, num_classes)` float32 softmax probabilities. `logits_model()` gives the logits
@@ -92,21 +95,22 @@ class DeepLabV3Plus(SegmentationModel):
 
     def __init__(self, num_classes, backbone="resnet50", output_stride=16, backbone_width=64,
                  head_filters=256, low_level_filters=48, dropout=0.1, separable=None,
-                 name="deeplabv3plus", **kwargs):
+                 name="deeplabv3plus", dtype=None, **kwargs):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         check_trunk("DeepLabV3+", backbone, output_stride, backbone_width)
 
         if separable is None:
             separable = backbone in SEPARABLE_HEAD_BACKBONES
-        image = keras.Input((None, None, 3), name="image")
-        low_level, features = trunk_features(image, backbone, output_stride, backbone_width, skip_stride=4)
+        with building_policy(dtype):
+            image = keras.Input((None, None, 3), name="image")
+            low_level, features = trunk_features(image, backbone, output_stride, backbone_width, skip_stride=4)
 
-        rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
-        x = aspp(features, head_filters, rates, dropout, separable=separable)
-        x = decoder(x, low_level, head_filters, low_level_filters, separable=separable)
-        logits = layers.Conv2D(num_classes, 1, name="classifier")(x)
-        super().__init__(image, logits, name=name, **kwargs)
+            rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)
+            x = aspp(features, head_filters, rates, dropout, separable=separable)
+            x = decoder(x, low_level, head_filters, low_level_filters, separable=separable)
+            logits = layers.Conv2D(num_classes, 1, name="classifier")(x)
+            super().__init__(image, logits, name=name, **kwargs)
 
         self.num_classes = num_classes
         self.backbone = backbone
@@ -137,8 +141,7 @@ class DeepLabV3Plus(SegmentationModel):
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **base_config(self),
             "num_classes": self.num_classes,
             "backbone": self.backbone,
             "output_stride": self.output_stride,

@@ -188,7 +188,7 @@ class GatedSynergySeg(keras.Model):
         self.scale_outputs = bool(scale_outputs)
         self.class_names = list(class_names) if class_names is not None else None
         self.palette = [list(map(int, c)) for c in palette] if palette is not None else None
-        self.downsample = Downsample(2, name="half_resolution")
+        self.downsample = Downsample(2, name="half_resolution", dtype=self.dtype_policy)
         if pooling == "low":
             # Views of the submodel's layers (same weights): the low scale also returns its pooled
             # trunk features, and the tile model takes them in place of its own pooling.
@@ -369,7 +369,7 @@ def gated_synergyseg(model, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN, 
     return GatedSynergySeg(model.submodel, model.fusion, tile_size=tile_size, margin=margin, fraction=fraction,
                            threshold=threshold, max_tiles=max_tiles, pooling=pooling,
                            scale_outputs=scale_outputs, class_names=model.class_names, palette=model.palette,
-                           name=f"gated_{model.name}")
+                           name=f"gated_{model.name}", dtype=model.dtype_policy)
 
 
 def tiles_selected(height, width, tile_size=DEFAULT_TILE_SIZE, fraction=DEFAULT_FRACTION, max_tiles=None):

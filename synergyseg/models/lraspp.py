@@ -4,7 +4,8 @@ import keras
 from keras import layers
 
 from synergyseg.models.resize import ResizeLike
-from synergyseg.models.submodel import SegmentationModel, check_trunk, trunk_features
+from synergyseg.models.submodel import (SegmentationModel, base_config, building_policy, check_trunk,
+                                        trunk_features)
 from synergyseg.models.weights import load_backbone_weights
 
 # The grid of LR-ASPP's logits: the trunk's stride-8 skip features.
@@ -47,6 +48,8 @@ class LRASPP(SegmentationModel):
             `names.BACKBONE_OUTPUT_STRIDES[backbone]` (32 for a whole MobileNetV3, 16 dilated).
         backbone_width: channels of a ResNet trunk's first stage (64 for MobileNetV3).
         head_filters: channels of the gated 1x1 conv (128 in the paper).
+        dtype: the dtype policy its layers are built under, e.g. "mixed_float16" (default: the
+            global policy then); kept in the config, so the model loads back under it.
 
     Input `(batch, h, w, 3)` RGB in [0, 255], uint8 or float, any h and w; output
     `(batch, h, w, num_classes)` float32 softmax probabilities. `logits_model()` gives the logits
@@ -60,14 +63,15 @@ class LRASPP(SegmentationModel):
     head = "lraspp"  # its name in `names.HEADS`
 
     def __init__(self, num_classes, backbone="mobilenetv3_large", output_stride=16, backbone_width=64,
-                 head_filters=128, name="lraspp", **kwargs):
+                 head_filters=128, name="lraspp", dtype=None, **kwargs):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         check_trunk("LR-ASPP", backbone, output_stride, backbone_width)
-        image = keras.Input((None, None, 3), name="image")
-        skip, features = trunk_features(image, backbone, output_stride, backbone_width,
-                                        skip_stride=LOGITS_STRIDE)
-        super().__init__(image, lraspp(features, skip, num_classes, head_filters), name=name, **kwargs)
+        with building_policy(dtype):
+            image = keras.Input((None, None, 3), name="image")
+            skip, features = trunk_features(image, backbone, output_stride, backbone_width,
+                                            skip_stride=LOGITS_STRIDE)
+            super().__init__(image, lraspp(features, skip, num_classes, head_filters), name=name, **kwargs)
         self.num_classes = num_classes
         self.backbone = backbone
         self.output_stride = output_stride
@@ -81,8 +85,7 @@ class LRASPP(SegmentationModel):
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **base_config(self),
             "num_classes": self.num_classes,
             "backbone": self.backbone,
             "output_stride": self.output_stride,

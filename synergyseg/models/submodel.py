@@ -6,6 +6,8 @@ layers that stops at the head's own grid (stride 4 for DeepLabV3+, 8 for LR-ASPP
 upsample and the softmax, for the "decoder" fusion.
 """
 
+import contextlib
+
 import keras
 from keras import layers
 
@@ -18,6 +20,31 @@ from synergyseg.models.resnet import build_resnet
 # The layers every per-scale model names so: its trunk, and the upsample its logits go through.
 TRUNK = "backbone"
 LOGITS_UPSAMPLE = "logits_upsample"
+
+
+@contextlib.contextmanager
+def building_policy(dtype):
+    """Builds the layers made inside under the dtype policy `dtype` (a name, a policy or its
+    config; None: the global policy), as a functional model's config cannot pass it to each layer.
+
+    A model built under "mixed_float16" is rebuilt so from its config and its `.keras` file,
+    whatever the global policy is then.
+    """
+    if dtype is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(keras.dtype_policies.get(dtype))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def base_config(model):
+    """The config entries every model class here shares: name, trainable and dtype policy."""
+    return {"name": model.name, "trainable": model.trainable,
+            "dtype": keras.dtype_policies.serialize(model.dtype_policy)}
 
 
 def check_trunk(head, backbone, output_stride, backbone_width):

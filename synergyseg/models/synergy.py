@@ -8,6 +8,7 @@ from synergyseg.models.fusion import HighScaleOnly, UncertaintyMask, _Fusion, fu
 from synergyseg.models.lraspp import build_lraspp
 from synergyseg.models.names import FUSE_AT, FUSED, HEADS, S_HI, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, ResizeLike
+from synergyseg.models.submodel import base_config, building_policy
 
 
 @keras.saving.register_keras_serializable(package="synergyseg")
@@ -27,6 +28,8 @@ class SynergySeg(keras.Model):
             prediction upsampled to the input size), "s_hi" and "uncertainty" (`U(1 - max_c S_lo)`),
             for auxiliary losses, ablations and pictures; otherwise only the fused map.
         class_names, palette: the dataset's class names and RGB colours (travel with the model).
+        dtype: the dtype policy of its own layers (the submodel has its own), e.g. "mixed_float16";
+            default: the global policy then. Kept in the config.
         fuse_at: where softmax and the fusion run (`names.FUSE_AT`). "input": each scale's
             probabilities at its input size (the submodel's output), the low scale's upsampled 2x
             by the fusion. "decoder": each scale's logits on its head's grid (`logits_model()`:
@@ -44,7 +47,7 @@ class SynergySeg(keras.Model):
     """
 
     def __init__(self, submodel, fusion="uncertainty", scale_outputs=False, class_names=None,
-                 palette=None, fuse_at="input", name="synergyseg", **kwargs):
+                 palette=None, fuse_at="input", name="synergyseg", dtype=None, **kwargs):
         fuse = make_fusion(fusion) if isinstance(fusion, str) else fusion
         if not isinstance(fuse, _Fusion):
             raise ValueError(f"fusion must be a fusion name or layer, got {fusion!r}")
@@ -53,15 +56,16 @@ class SynergySeg(keras.Model):
         if fuse_at == "decoder" and not hasattr(submodel, "logits_model"):
             raise ValueError(f"fuse_at='decoder' needs a submodel with logits_model() (DeepLabV3Plus, "
                              f"LRASPP); {type(submodel).__name__} has none: use fuse_at='input'")
-        image = keras.Input((None, None, 3), name="image")
         # The single-scale model: nothing reads the low scale, so it is not computed (its forward
         # pass would still move BatchNorm's statistics while training).
         single = isinstance(fuse, HighScaleOnly) and not scale_outputs
-        if fuse_at == "input":
-            outputs = _fused_at_input(submodel, fuse, image, single, scale_outputs)
-        else:
-            outputs = _fused_at_decoder(submodel.logits_model(), fuse, image, single, scale_outputs)
-        super().__init__(image, outputs, name=name, **kwargs)
+        with building_policy(dtype):
+            image = keras.Input((None, None, 3), name="image")
+            if fuse_at == "input":
+                outputs = _fused_at_input(submodel, fuse, image, single, scale_outputs)
+            else:
+                outputs = _fused_at_decoder(submodel.logits_model(), fuse, image, single, scale_outputs)
+            super().__init__(image, outputs, name=name, **kwargs)
 
         self.submodel = submodel
         self.fusion = fuse
@@ -108,7 +112,8 @@ class SynergySeg(keras.Model):
         """
         return SynergySeg(self.submodel, fusion if fusion is not None else self.fusion,
                           scale_outputs=scale_outputs, class_names=self.class_names,
-                          palette=self.palette, fuse_at=fuse_at or self.fuse_at, name=self.name)
+                          palette=self.palette, fuse_at=fuse_at or self.fuse_at, name=self.name,
+                          dtype=self.dtype_policy)
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", decay_steps=None, **kwargs):
         """Compiles with the paper's recipe for each argument left at "auto".
@@ -204,8 +209,7 @@ def two_scale_config(model):
     """The config entries every two-scale model shares: its submodel and fusion (serialized),
     outputs, class names and palette (`SynergySeg`, `GatedSynergySeg`)."""
     return {
-        "name": model.name,
-        "trainable": model.trainable,
+        **base_config(model),
         "submodel": keras.saving.serialize_keras_object(model.submodel),
         "fusion": keras.saving.serialize_keras_object(model.fusion),
         "scale_outputs": model.scale_outputs,
@@ -278,7 +282,8 @@ def as_synergyseg(model, source="model"):
         raise ValueError(
             f"{source} is not a SynergySeg model: expected one shared submodel and one fusion layer, "
             f"found {len(submodels)} and {len(fusions)}")
-    return SynergySeg(submodels[0], fusions[0], scale_outputs=isinstance(model.output, dict), name=model.name)
+    return SynergySeg(submodels[0], fusions[0], scale_outputs=isinstance(model.output, dict), name=model.name,
+                      dtype=model.dtype_policy)
 
 
 def with_fusion(model, fusion=None, scale_outputs=False, fuse_at=None):
