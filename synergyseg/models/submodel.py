@@ -47,6 +47,18 @@ def base_config(model):
             "dtype": keras.dtype_policies.serialize(model.dtype_policy)}
 
 
+def check_probability_loss(loss, model_name):
+    """Raises ValueError for a loss (or any loss of a dict/list) built with `from_logits=True`:
+    these models output softmax probabilities, so such a loss would train on the wrong function."""
+    for one in keras.tree.flatten(loss) if loss is not None else ():
+        config = one.get_config() if isinstance(one, keras.losses.Loss) else {}
+        if config.get("from_logits"):
+            raise ValueError(
+                f"loss {config.get('name', type(one).__name__)!r} has from_logits=True, but {model_name!r} "
+                "outputs softmax probabilities: build the loss with from_logits=False (or leave loss at "
+                "'auto' in SynergySeg.compile, the paper's cross-entropy that ignores label 255)")
+
+
 def check_trunk(head, backbone, output_stride, backbone_width):
     """Raises ValueError naming the argument when `backbone` / `output_stride` / width cannot work."""
     if backbone not in names.BACKBONES:
@@ -92,6 +104,11 @@ class SegmentationModel(keras.Model):
         logits = ResizeLike(name=LOGITS_UPSAMPLE)([logits, image])
         probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
         super().__init__(image, probs, **kwargs)
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        """`keras.Model.compile`; a loss on logits (`from_logits=True`) is refused (outputs are probabilities)."""
+        check_probability_loss(loss, self.name)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     @property
     def trunk(self):

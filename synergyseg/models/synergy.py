@@ -8,7 +8,7 @@ from synergyseg.models.fusion import HighScaleOnly, UncertaintyMask, _Fusion, fu
 from synergyseg.models.lraspp import build_lraspp
 from synergyseg.models.names import FUSE_AT, FUSED, HEADS, S_HI, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, ResizeLike
-from synergyseg.models.submodel import base_config, building_policy
+from synergyseg.models.submodel import base_config, building_policy, check_probability_loss
 
 
 @keras.saving.register_keras_serializable(package="synergyseg")
@@ -122,15 +122,18 @@ class SynergySeg(keras.Model):
         polynomial decay (power 0.9) to 0 over `decay_steps` steps (default: what the next `fit`
         runs, its epochs times Keras's own count of its steps per epoch; saved with the model,
         unset until then), cross-entropy and mean IoU that ignore label 255. The dict-output model
-        (`scale_outputs=True`) gets the loss on "fused" only.
+        (`scale_outputs=True`) gets the loss on "fused" only. The outputs are probabilities: a loss
+        built with `from_logits=True` is refused.
         """
         # The recipe lives with the training run; imported here so the model module stays below it.
         from synergyseg.training.recipe import paper_compile_arguments
 
         auto, _ = paper_compile_arguments(self.num_classes, decay_steps, dict_outputs=self.scale_outputs)
+        loss = auto["loss"] if loss == "auto" else loss
+        check_probability_loss(loss, self.name)
         super().compile(
             optimizer=auto["optimizer"] if optimizer == "auto" else optimizer,
-            loss=auto["loss"] if loss == "auto" else loss,
+            loss=loss,
             metrics=auto["metrics"] if metrics == "auto" else metrics,
             **kwargs,
         )
