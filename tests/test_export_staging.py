@@ -15,13 +15,22 @@ def test_only_the_staging_folders_of_dead_exports_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    stale = tmp_path / f".export.export-{dead_pid}-abc123"
-    live = tmp_path / f".export.export-{os.getpid()}-def456"
-    other = tmp_path / f".other.export-{dead_pid}-x"  # another output folder's staging
-    for folder in (stale, live, other):
-        (folder / "saved_model").mkdir(parents=True)
-    assert remove_stale_staging(tmp_path / "export") == [str(stale)]
-    assert not stale.exists() and live.exists() and other.exists()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = tmp_path / f".export.export-{dead_pid}-abc123"
+        aside = tmp_path / f".export.export-{dead_pid}-abc123.old"  # killed while moving in
+        live = tmp_path / f".export.export-{os.getpid()}-def456"
+        # Other output folders' staging (a rerun with another --out): a dead export's goes too.
+        other = tmp_path / f".other.export-{dead_pid}-x"
+        other_live = tmp_path / f".other.export-{sleeper.pid}-y"
+        for folder in (stale, aside, live, other, other_live):
+            (folder / "saved_model").mkdir(parents=True)
+        assert remove_stale_staging(tmp_path / "export") == sorted(
+            [str(stale), str(aside), str(other)])
+        assert sorted(os.listdir(tmp_path)) == sorted([live.name, other_live.name])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_an_export_into_an_earlier_export_leaves_only_its_own_artifacts(tmp_path):

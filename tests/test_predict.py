@@ -415,3 +415,28 @@ def test_output_folder_that_is_a_file(run_dir, image_folder, tmp_path, capsys):
     out.write_bytes(b"a file")
     _fails(capsys, run_dir, image_folder, "--out", out, names="out.png")
     assert out.read_bytes() == b"a file"
+
+
+def test_a_rerun_removes_the_video_staging_a_killed_predict_left(tmp_path):
+    """A predict killed while writing a video leaves `.NAME_overlay.mp4.partial-PID-*/`; the rerun
+    into the same --out removes it (a live predict's staging stays)."""
+    model = synergyseg.build_synergyseg(3, **{k: TINY[k] for k in (
+        "backbone", "backbone_width", "head_filters", "low_level_filters")})
+    model.save(tmp_path / "tiny.keras")
+    frames = [np.random.default_rng(i).integers(0, 256, (32, 64, 3), np.uint8) for i in range(2)]
+    _write_video(tmp_path / "drive.mp4", frames)
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".drive_overlay.mp4.partial-{dead.pid}-ab12cd34"
+    stale.mkdir(parents=True)
+    (stale / "drive_overlay.mp4").write_bytes(b"half a video")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        live = out / f".drive_overlay.mp4.partial-{sleeper.pid}-ef56gh78"
+        live.mkdir()
+        assert _run_cli(tmp_path / "tiny.keras", tmp_path / "drive.mp4", "--out", out) == 0
+        assert sorted(os.listdir(out)) == sorted([live.name, "drive_overlay.mp4"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()

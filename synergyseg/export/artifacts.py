@@ -1,12 +1,14 @@
 """Export a trained model to every deployment format in one call, all or nothing."""
 
 import os
+import re
 import shutil
 import tempfile
 import time
 
 import keras
 
+from synergyseg.atomic import remove_dead_staging
 from synergyseg.models.synergy import as_synergyseg
 from synergyseg.run_folder import (
     check_finite, class_info, load_synergyseg_model, resolve_model_path)
@@ -67,31 +69,18 @@ def _staging_prefix(out_dir):
     return f".{os.path.basename(os.path.abspath(out_dir))}.export-"
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+# `_staging_prefix(any output folder)` + `<pid>-<suffix>`, and its `.old` set-aside folder.
+_EXPORT_STAGING = re.compile(r"^\..+\.export-(\d+)-")
 
 
 def remove_stale_staging(out_dir):
-    """Deletes the hidden staging folders beside `out_dir` that a killed export left.
+    """Deletes the hidden staging folders beside `out_dir` that killed exports left, whatever
+    output folder those exports were writing.
 
     A staging folder's name holds the id of the process that made it; one whose process is gone
-    is stale (a live export's folder is left alone). Returns the paths removed.
+    is stale (a live export's folder is left alone). Returns the paths removed, sorted.
     """
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    prefix = _staging_prefix(out_dir)
-    removed = []
-    for name in os.listdir(parent) if os.path.isdir(parent) else ():
-        pid = name[len(prefix):].split("-", 1)[0]
-        if name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            removed.append(os.path.join(parent, name))
-    return removed
+    return remove_dead_staging(os.path.dirname(os.path.abspath(out_dir)), _EXPORT_STAGING)
 
 
 def _move_into_place(staging, out_dir):
