@@ -33,3 +33,22 @@ def test_a_loss_on_logits_is_refused_at_compile(model, loss):
     two_scale.compile(loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=255))
     two_scale.compile()
     two_scale.submodel.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+
+
+def test_backbone_is_the_shared_trunk_model_and_freezing_it_keeps_its_weights():
+    model = synergyseg.build_synergyseg(3, **TINY)
+    assert isinstance(model.backbone, keras.Model) and model.backbone is model.submodel.get_layer("backbone")
+    assert (model.backbone_name, model.submodel.backbone_name) == ("resnet18", "resnet18")
+    trunk_ids = {id(w) for w in model.backbone.trainable_weights}
+    assert trunk_ids and trunk_ids <= {id(w) for w in model.trainable_weights}
+
+    model.backbone.trainable = False  # keras-hub's way to fine-tune the head alone
+    trainable = {id(w) for w in model.trainable_weights}
+    assert not {id(w) for w in model.backbone.weights} & trainable and trainable  # the head still trains
+    before = [w.numpy().copy() for w in model.backbone.weights]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    model(x, training=True)  # a frozen trunk's batch norm uses (and keeps) its moving statistics
+    for a, w in zip(before, model.backbone.weights):
+        np.testing.assert_array_equal(a, w.numpy())
+    model.backbone.trainable = True
+    assert trunk_ids <= {id(w) for w in model.trainable_weights}

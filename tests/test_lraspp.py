@@ -73,14 +73,14 @@ def test_the_gate_is_a_broadcast_multiply_not_a_resized_map():
 
 def test_config_save_and_load_with_safe_mode(tmp_path):
     model = build_lraspp(3, backbone="mobilenetv3_large_cut16", head_filters=8)
-    assert (model.backbone, model.output_stride, model.head, model.logits_stride) == (
+    assert (model.backbone_name, model.output_stride, model.head, model.logits_stride) == (
         "mobilenetv3_large_cut16", 16, "lraspp", 8)
     loaded = assert_save_load_round_trip(model, _images((1, 40, 56, 3)), tmp_path / "lraspp.keras")
     assert isinstance(loaded, LRASPP) and loaded.get_config() == model.get_config()
     two_scale = synergyseg.build_synergyseg(3, backbone="mobilenetv3_small", head="lraspp",
                                             head_filters=8, fuse_at="decoder")
     loaded = assert_save_load_round_trip(two_scale, _images((1, 40, 56, 3)), tmp_path / "two.keras")
-    assert (loaded.head, loaded.backbone, loaded.fuse_at) == ("lraspp", "mobilenetv3_small", "decoder")
+    assert (loaded.head, loaded.backbone_name, loaded.fuse_at) == ("lraspp", "mobilenetv3_small", "decoder")
 
 
 def test_bad_arguments_are_refused():

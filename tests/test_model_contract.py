@@ -41,9 +41,9 @@ def test_run_config_refuses_unknown_names_before_anything_runs(field, value):
 def test_config_carries_backbone_fusion_and_class_names():
     model = synergyseg.build_synergyseg(5, fusion="max", class_names=list("abcde"),
                                         palette=[(i, 2 * i, 3 * i) for i in range(5)], **TINY)
-    assert (model.backbone, model.fusion_name, model.num_classes) == ("resnet18", "max", 5)
+    assert (model.backbone_name, model.fusion_name, model.num_classes) == ("resnet18", "max", 5)
     rebuilt = synergyseg.SynergySeg.from_config(json.loads(json.dumps(model.get_config())))
-    assert (rebuilt.backbone, rebuilt.fusion_name, rebuilt.class_names) == ("resnet18", "max", list("abcde"))
+    assert (rebuilt.backbone_name, rebuilt.fusion_name, rebuilt.class_names) == ("resnet18", "max", list("abcde"))
     assert rebuilt.palette[4] == [4, 8, 12]
     assert rebuilt.count_params() == model.count_params()
     with pytest.raises(ValueError, match="3 class_names for a model of 5 classes"):
@@ -122,7 +122,7 @@ def test_trained_run_loads_in_a_fresh_process_after_import_synergyseg(tmp_path):
         f"m = keras.models.load_model({path!r})\n"
         f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
         f"np.save({str(tmp_path / 'got.npy')!r}, m.predict(x, verbose=0))\n"
-        "print(json.dumps([type(m).__name__, m.backbone, m.fusion_name, m.class_names,"
+        "print(json.dumps([type(m).__name__, m.backbone_name, m.fusion_name, m.class_names,"
         " type(m.optimizer.learning_rate).__name__ if not hasattr(m.optimizer, '_learning_rate')"
         " else type(m.optimizer._learning_rate).__name__]))\n"
     )

@@ -208,7 +208,7 @@ def test_save_and_load_with_safe_mode(model, tmp_path):
                                atol=1e-5)
     assert isinstance(loaded, synergyseg.SynergySeg)
     assert loaded.get_config()["submodel"]["config"] == model.get_config()["submodel"]["config"]
-    assert (loaded.head, loaded.backbone, loaded.fuse_at) == (model.head, model.backbone, model.fuse_at)
+    assert (loaded.head, loaded.backbone_name, loaded.fuse_at) == (model.head, model.backbone_name, model.fuse_at)
 
 
 # --- export: each artifact matches the Keras model's own predict ----------------------------
@@ -309,11 +309,11 @@ def test_option_presets_build_their_head_trunk_and_fusion_resolution_from_the_ma
     assert picked == {k: v for k, v in preset("realtime-lraspp-large-cut16").to_dict().items()
                       if k not in ("preset", "run_dir")}
     model = build_model(preset("realtime-lraspp-large-cut16", head_filters=16))
-    assert (model.head, model.backbone, model.output_stride, model.fuse_at) == (
+    assert (model.head, model.backbone_name, model.output_stride, model.fuse_at) == (
         "lraspp", "mobilenetv3_large_cut16", 16, "decoder")
     assert model.submodel.head_filters == 16
     model = build_model(preset("realtime-deeplab-small32", head_filters=16, low_level_filters=8))
-    assert (model.head, model.backbone, model.output_stride, model.submodel.separable) == (
+    assert (model.head, model.backbone_name, model.output_stride, model.submodel.separable) == (
         "deeplabv3plus", "mobilenetv3_small", 32, True)
 
 

@@ -62,7 +62,8 @@ class DeepLabV3Plus(SegmentationModel):
     """DeepLabV3+ mapping raw RGB images to per-pixel class probabilities at the input size.
 
     A functional model whose config holds its constructor arguments, so a saved file says what it
-    is (`model.backbone`, `model.output_stride`, `model.num_classes`).
+    is (`model.backbone_name`, `model.output_stride`, `model.num_classes`; `model.backbone` is
+    the trunk model, as in keras-hub).
 
     Args:
         num_classes: number of classes (at least 2).
@@ -113,7 +114,7 @@ class DeepLabV3Plus(SegmentationModel):
             super().__init__(image, logits, name=name, **kwargs)
 
         self.num_classes = num_classes
-        self.backbone = backbone
+        self.backbone_name = backbone
         self.output_stride = output_stride
         self.backbone_width = backbone_width
         self.head_filters = head_filters
@@ -143,7 +144,7 @@ class DeepLabV3Plus(SegmentationModel):
         return {
             **base_config(self),
             "num_classes": self.num_classes,
-            "backbone": self.backbone,
+            "backbone": self.backbone_name,
             "output_stride": self.output_stride,
             "backbone_width": self.backbone_width,
             "head_filters": self.head_filters,

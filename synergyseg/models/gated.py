@@ -210,7 +210,13 @@ class GatedSynergySeg(keras.Model):
 
     @property
     def backbone(self):
+        """The trunk model (as `SynergySeg.backbone`)."""
         return getattr(self.submodel, "backbone", None)
+
+    @property
+    def backbone_name(self):
+        """The trunk's name in `names.BACKBONES`."""
+        return getattr(self.submodel, "backbone_name", None)
 
     def pixelwise_fusion(self):
         """True when the fusion at a pixel reads only `U(S_lo)` and `S_hi` there: it runs on the tiles alone."""

@@ -39,7 +39,8 @@ class LRASPP(SegmentationModel):
     """LR-ASPP on a trunk, mapping raw RGB images to per-pixel class probabilities at the input size.
 
     A functional model whose config holds its constructor arguments, so a saved file says what it
-    is (`model.backbone`, `model.output_stride`, `model.num_classes`), as `DeepLabV3Plus`.
+    is (`model.backbone_name`, `model.output_stride`, `model.num_classes`; `model.backbone` is
+    the trunk model, as in keras-hub), as `DeepLabV3Plus`.
 
     Args:
         num_classes: number of classes (at least 2).
@@ -73,7 +74,7 @@ class LRASPP(SegmentationModel):
                                             skip_stride=LOGITS_STRIDE)
             super().__init__(image, lraspp(features, skip, num_classes, head_filters), name=name, **kwargs)
         self.num_classes = num_classes
-        self.backbone = backbone
+        self.backbone_name = backbone
         self.output_stride = output_stride
         self.backbone_width = backbone_width
         self.head_filters = head_filters
@@ -87,7 +88,7 @@ class LRASPP(SegmentationModel):
         return {
             **base_config(self),
             "num_classes": self.num_classes,
-            "backbone": self.backbone,
+            "backbone": self.backbone_name,
             "output_stride": self.output_stride,
             "backbone_width": self.backbone_width,
             "head_filters": self.head_filters,

@@ -115,6 +115,12 @@ class SegmentationModel(keras.Model):
         """The trunk (a nested model whose weights load from keras.applications files)."""
         return self.get_layer(TRUNK)
 
+    @property
+    def backbone(self):
+        """The trunk model, under keras-hub's name: `model.backbone.trainable = False` freezes it
+        (compile again after). Its name in `names.BACKBONES` is `backbone_name`."""
+        return self.trunk
+
     def logits_model(self):
         """A view of this model (same layers and weights): images -> logits on the head's grid.
 

@@ -16,8 +16,10 @@ class SynergySeg(keras.Model):
     """The paper's model: a shared segmentation submodel at scales 1.0 and 0.5, merged by a fusion.
 
     A functional model (as keras-hub's task classes) whose config holds the submodel, the fusion,
-    where it fuses and the class names, so a loaded file says what it is: `model.backbone`,
+    where it fuses and the class names, so a loaded file says what it is: `model.backbone_name`,
     `model.head`, `model.fusion_name`, `model.fuse_at`, `model.num_classes`, `model.class_names`.
+    `model.backbone` is the trunk model both scales share, as keras-hub's `task.backbone`:
+    `model.backbone.trainable = False` freezes it for fine-tuning (then compile).
 
     Args:
         submodel: the shared per-scale model, a `DeepLabV3Plus` or `LRASPP`; maps `(batch, h, w,
@@ -95,8 +97,13 @@ class SynergySeg(keras.Model):
 
     @property
     def backbone(self):
-        """The submodel's trunk name (None for a submodel that does not say)."""
+        """The trunk model both scales share (keras-hub's `task.backbone`; None for a submodel without one)."""
         return getattr(self.submodel, "backbone", None)
+
+    @property
+    def backbone_name(self):
+        """The trunk's name in `names.BACKBONES` (None for a submodel that does not say)."""
+        return getattr(self.submodel, "backbone_name", None)
 
     @property
     def output_stride(self):
