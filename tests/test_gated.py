@@ -49,8 +49,10 @@ def numpy_gated(model, x, tile, margin, fraction):
     b, h, w, _ = x.shape
     sub = model.submodel
     x_lo = bilinear_resize(x, -(-h // 2), -(-w // 2)).astype("float32")
-    up_lo = bilinear_resize(np.asarray(sub(x_lo)), h, w)
-    scores = numpy_tile_scores(1.0 - up_lo.max(-1), tile).reshape(b, -1)
+    s_lo = np.asarray(sub(x_lo))
+    up_lo = bilinear_resize(s_lo, h, w)
+    uncertainty = bilinear_resize(1.0 - s_lo.max(-1, keepdims=True), h, w)[..., 0]  # U(1 - max_c S_lo)
+    scores = numpy_tile_scores(uncertainty, tile).reshape(b, -1)
     cols = -(-w // tile)
     count = int(np.floor(fraction * scores.shape[1] + 0.5))
     out, gate = up_lo.copy(), np.zeros((b, h, w))
@@ -66,7 +68,7 @@ def numpy_gated(model, x, tile, margin, fraction):
             fused = lo + hi * (1.0 - lo)  # eq. 1, then normalized over classes
             out[i, ys, xs] = fused / fused.sum(-1, keepdims=True)
             gate[i, ys, xs] = 1
-    return out, gate, up_lo
+    return out, gate, up_lo, uncertainty
 
 
 def test_one_tile_without_margin_equals_the_two_scale_model(model):
@@ -81,6 +83,17 @@ def test_one_tile_equals_the_two_scale_model_with_another_fusion(model, fusion):
     two_scale = model.with_fusion(fusion)
     gated = gated_synergyseg(two_scale, tile_size=48, margin=0, fraction=1.0, pooling="tile")
     np.testing.assert_allclose(np.asarray(gated(x)), np.asarray(two_scale(x)), atol=1e-6)
+
+
+def test_uncertainty_means_the_same_in_the_gated_and_the_two_scale_model(model):
+    """Both output U(1 - max_c S_lo), the low scale's uncertainty upsampled (the paper's Fig. 1 mask)."""
+    x = images(2, 33, 47, seed=7)
+    s_lo = np.asarray(model.submodel(bilinear_resize(np.asarray(x), 17, 24).astype("float32")))
+    expected = bilinear_resize(1.0 - s_lo.max(-1, keepdims=True), 33, 47)
+    two_scale = model.with_fusion(scale_outputs=True)(x)[UNCERTAINTY]
+    gated = gated_synergyseg(model, fraction=0.5, pooling="tile", scale_outputs=True)(x)[UNCERTAINTY]
+    np.testing.assert_allclose(np.asarray(two_scale), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gated), expected, atol=1e-5)
 
 
 def test_tile_scores_are_tile_means_with_cut_edge_tiles():
@@ -122,10 +135,10 @@ def test_gated_matches_a_numpy_loop_over_tiles(model, height, width, tile, margi
     gated = gated_synergyseg(model, tile_size=tile, margin=margin, fraction=fraction, pooling="tile",
                              scale_outputs=True)
     out = gated(x)
-    expected, gate, up_lo = numpy_gated(model, x, tile, margin, fraction)
+    expected, gate, up_lo, uncertainty = numpy_gated(model, x, tile, margin, fraction)
     np.testing.assert_array_equal(np.asarray(out[GATE])[..., 0], gate)
     np.testing.assert_allclose(np.asarray(out[S_LO]), up_lo, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(out[UNCERTAINTY])[..., 0], 1 - up_lo.max(-1), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out[UNCERTAINTY])[..., 0], uncertainty, atol=1e-5)
     np.testing.assert_allclose(np.asarray(out[FUSED]), expected, atol=1e-5)
     # Unselected pixels are the low scale's prediction.
     unselected = gate == 0

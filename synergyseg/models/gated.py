@@ -4,7 +4,7 @@ Eq. 1, `S = U(S_lo) + S_hi * U(1 - S_lo)`, mostly ignores `S_hi` where the low s
 (`U(1 - S_lo)` is near 0 there), yet the two-scale model pays for the whole full-resolution pass.
 `GatedSynergySeg` runs the low scale on the whole image, cuts the full-resolution image into tiles
 (each read with a margin of context that is cropped off after), ranks the tiles by the low scale's
-mean uncertainty `1 - max_c U(S_lo)`, and runs the shared submodel as one batch on the selected
+mean uncertainty `U(1 - max_c S_lo)` (SynergySeg's "uncertainty" output), and runs the shared submodel as one batch on the selected
 tiles only. Eq. 1 (or the model's fusion) fuses where the high scale ran; elsewhere `U(S_lo)` stands.
 
     gated = gated_synergyseg(model, fraction=0.25)     # model: a trained SynergySeg
@@ -137,7 +137,7 @@ class GatedSynergySeg(keras.Model):
     `gated_synergyseg`). The low scale runs on the whole image (`S_lo`); the image is cut into
     `tile_size` tiles, each read with `margin` extra pixels of context on every side (a window
     kept inside the image: at the border it shifts inward) and cropped back after. Tiles are
-    ranked by the mean of `1 - max_c U(S_lo)`; the selected ones go through the submodel as one
+    ranked by the mean of `U(1 - max_c S_lo)`; the selected ones go through the submodel as one
     batch, the fusion runs on them, and elsewhere the output is `U(S_lo)`.
 
     Args:
@@ -155,7 +155,8 @@ class GatedSynergySeg(keras.Model):
             features (the whole image's context); "tile": it pools over the tile alone (any
             submodel). "low" needs a submodel with `pooled_context_models` (DeepLabV3Plus).
         scale_outputs: if True, return a dict with "fused", "s_lo" (`U(S_lo)`), "uncertainty"
-            (`1 - max_c U(S_lo)`, `(batch, h, w, 1)`) and "gate" (1 where the high scale ran).
+            (`U(1 - max_c S_lo)`, `(batch, h, w, 1)`, as `SynergySeg`'s) and "gate" (1 where the
+            high scale ran).
         class_names, palette: the dataset's class names and colours (travel with the model).
 
     Input `(batch, h, w, 3)` RGB in [0, 255], any h and w; output `(batch, h, w, num_classes)`
@@ -242,7 +243,8 @@ class GatedSynergySeg(keras.Model):
             s_lo, context = self.submodel(image_lo, training=False), None
         s_lo = ops.cast(s_lo, "float32")
         up_lo = resize_bilinear(s_lo, (h, w))
-        uncertainty = 1.0 - ops.max(up_lo, axis=-1)
+        # One meaning for "uncertainty" (SynergySeg's UncertaintyMask): the low scale's, then upsampled.
+        uncertainty = resize_bilinear(1.0 - ops.max(s_lo, axis=-1, keepdims=True), (h, w))[..., 0]
         if self.high_scale_runs():
             fused, gate = self._high_scale(images, s_lo, up_lo, uncertainty, context, batch, h, w, tf)
         else:
