@@ -107,7 +107,9 @@ class DecayLength(keras.callbacks.Callback):
         self._check_each_step = False
 
     def _iterations(self):
-        return int(getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer).iterations)
+        iterations = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer).iterations
+        # Under tf.distribute the variable is a MirroredVariable, which int() refuses: read its value.
+        return int(keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(iterations)))
 
     def on_train_begin(self, logs=None):
         steps, epochs = self.params.get("steps"), self.params.get("epochs", 1)
