@@ -267,7 +267,9 @@ def test_tflite_int8_agrees_with_keras(model, exported, val_set):
     # The model really segments: a constant class map agrees with it on at most shares.max() of
     # the pixels, far below the 97% asked of int8; and at least four classes are predicted.
     assert shares.max() < 0.8 and (shares > 0.05).sum() >= 4, shares
-    assert keras_miou > 0.25
+    # Far above a constant map (0.047 on the synthetic set): the agreement below is about a model
+    # that segments. Scene version 2 (more, thinner classes at 48x96) measured 0.248 (version 1: 0.337).
+    assert keras_miou > 0.2
     assert agreement >= INT8_MIN_AGREEMENT
     assert keras_miou - int8_miou <= INT8_MAX_MIOU_DROP
 
