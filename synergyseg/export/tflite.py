@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from synergyseg.atomic import atomic_output
 from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module
-from synergyseg.export.serving import build_serving_model
+from synergyseg.export.serving import SERVING_OUTPUTS, build_serving_model
 
 QUANTIZATIONS = ("float32", "float16", "int8")
 # Odd sizes convert and match Keras (tests/test_export.py: 33x47 and 48x96; no multiple needed:
@@ -61,7 +61,8 @@ def _convert(serving, size, quantization, calibration_images):
         return converter.convert()
 
 
-def convert_tflite(model, size, quantization="float32", calibration_images=None):
+def convert_tflite(model, size, quantization="float32", calibration_images=None,
+                   outputs=SERVING_OUTPUTS, class_map_stride=1):
     """The TFLite flatbuffer (bytes) of `model`'s serving graph at a fixed `(height, width)`.
 
     Args:
@@ -71,26 +72,32 @@ def convert_tflite(model, size, quantization="float32", calibration_images=None)
             "int8" (weights and activations int8, calibrated on `calibration_images`).
         calibration_images: for "int8", an iterable of uint8 `(1, height, width, 3)` arrays
             (see `calibration_images`).
+        outputs, class_map_stride: as in `build_serving_model` (e.g. `("class_map",)` and 4 for
+            the fastest real-time file).
 
     Returns:
         bytes of a model with signature "serving_default": "images" uint8 `(1, h, w, 3)` ->
-        "class_map" int32, "probabilities" and "uncertainty" float32. Only builtin TFLite ops.
+        "class_map" int32, "probabilities" and "uncertainty" float32 (those `outputs` names).
+        Only builtin TFLite ops.
     """
     size = check_tflite_size(size)
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if quantization == "int8" and calibration_images is None:
         raise ValueError("int8 TFLite needs calibration_images (uint8 (1, h, w, 3) arrays)")
-    content = _convert(build_serving_model(model), size, quantization, calibration_images)
+    serving = build_serving_model(model, outputs, class_map_stride)
+    content = _convert(serving, size, quantization, calibration_images)
     check_builtin_ops(content)
     if quantization == "int8":
         check_int8_scales(content)
     return content
 
 
-def export_tflite(model, path, size, quantization="float32", calibration_images=None):
-    """Writes `convert_tflite(model, size, quantization, calibration_images)` to `path` atomically."""
-    content = convert_tflite(model, size, quantization, calibration_images)
+def export_tflite(model, path, size, quantization="float32", calibration_images=None,
+                  outputs=SERVING_OUTPUTS, class_map_stride=1):
+    """Writes `convert_tflite(model, size, quantization, calibration_images, outputs,
+    class_map_stride)` to `path` atomically."""
+    content = convert_tflite(model, size, quantization, calibration_images, outputs, class_map_stride)
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(content)

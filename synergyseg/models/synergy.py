@@ -10,6 +10,9 @@ from synergyseg.models.names import FUSE_AT, FUSED, HEADS, S_HI, S_LO, UNCERTAIN
 from synergyseg.models.resize import Downsample, ResizeLike
 from synergyseg.models.submodel import base_config, building_policy, check_probability_loss
 
+# With fuse_at="decoder": the layer that upsamples the fused map from the head's grid.
+FUSED_UPSAMPLE = "fused_upsample"
+
 
 @keras.saving.register_keras_serializable(package="synergyseg")
 class SynergySeg(keras.Model):
@@ -122,6 +125,21 @@ class SynergySeg(keras.Model):
                           palette=self.palette, fuse_at=fuse_at or self.fuse_at, name=self.name,
                           dtype=self.dtype_policy)
 
+    def fused_on_grid(self):
+        """A view of this model (same layers and weights): images -> the fused probabilities on the
+        head's grid, before their one upsample (`fuse_at="decoder"` only).
+
+        Output `(batch, ~h/s, ~w/s, num_classes)` float32, `s` the head's logits stride. The
+        exported class map can take its argmax there or at a few times that size
+        (`export.build_serving_model(class_map_stride=...)`) instead of on the full-size map.
+        """
+        if self.fuse_at != "decoder":
+            raise ValueError(f"fused_on_grid() needs a model fused at the decoder; {self.name} fuses "
+                             "at the input size (its fused map exists only there): use "
+                             "with_fusion(fuse_at='decoder') on a submodel with logits_model()")
+        fused = self.get_layer(FUSED_UPSAMPLE).input[0]
+        return keras.Model(self.inputs, fused, name=f"{self.name}_fused_on_grid")
+
     def compile(self, optimizer="auto", loss="auto", metrics="auto", decay_steps=None, **kwargs):
         """Compiles with the paper's recipe for each argument left at "auto".
 
@@ -204,7 +222,7 @@ def _fused_at_decoder(logits_model, fuse, image, single, scale_outputs):
     s_hi = keras.layers.Activation("softmax", dtype="float32", name="s_hi_probabilities")(z_hi)
     s_lo = s_hi if single else keras.layers.Activation(
         "softmax", dtype="float32", name="s_lo_probabilities")(z_lo)
-    fused = ResizeLike(name="fused_upsample", dtype="float32")([fuse([s_lo, s_hi]), image])
+    fused = ResizeLike(name=FUSED_UPSAMPLE, dtype="float32")([fuse([s_lo, s_hi]), image])
     if not scale_outputs:
         return fused
     return {
