@@ -22,15 +22,16 @@ VARIANTS = {
     "mobilenetv3_large_cut16": ("MobileNetV3Large", 16, 12, False),
     "mobilenetv3_large_reduced": ("MobileNetV3Large", 16, 12, False),
     "mobilenetv3_small_reduced": ("MobileNetV3Small", 16, 8, False),
+    "mobilenetv3_small_minimal": ("MobileNetV3Small", 32, 11, True),
 }
 
 
-def _reference(constructor):
+def _reference(constructor, **kwargs):
     """keras.applications' network (weights=None, its own x / 127.5 - 1 preprocessing) with
     BatchNorm statistics of one batch and random non-zero biases and betas."""
     keras.utils.set_random_seed(1)
     ref = getattr(keras.applications, constructor)(input_shape=(None, None, 3), include_top=False,
-                                                    weights=None, include_preprocessing=True)
+                                                    weights=None, include_preprocessing=True, **kwargs)
     rng = np.random.default_rng(2)
     norms = [layer for layer in ref.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:
@@ -57,7 +58,7 @@ def _block_outputs(model, blocks):
 @pytest.mark.parametrize("backbone", list(VARIANTS))
 def test_every_kept_block_and_the_last_conv_match_keras_applications(backbone, tmp_path):
     constructor, output_stride, same_blocks, same_last_conv = VARIANTS[backbone]
-    ref = _reference(constructor)
+    ref = _reference(constructor, **mobilenet.applications_arguments(backbone))
     path = tmp_path / f"{constructor}.weights.h5"
     ref.save_weights(path)
     ours = build_mobilenetv3(backbone, output_stride=output_stride)

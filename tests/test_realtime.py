@@ -298,7 +298,7 @@ def test_option_presets_build_their_head_trunk_and_fusion_resolution_from_the_ma
     recipe = preset("synthetic")
     same = ("dataset", "data_dir", "num_classes", "crop_size", "batch_size", "epochs", "steps_per_epoch",
             "learning_rate", "weight_decay", "seed", "fusion", "synthetic_size")
-    assert len(REALTIME_OPTIONS) == 12
+    assert len(REALTIME_OPTIONS) == 14
     for name in REALTIME_OPTIONS:
         config = preset(name)
         assert {k: getattr(config, k) for k in same} == {k: getattr(recipe, k) for k in same}, name

@@ -12,6 +12,8 @@ The variants (names in `names.MOBILENETS`):
   section 6.4: "reduce the channels in the last block by a factor of 2"), output stride 16. The
   halved layers have no ImageNet weights; they are named `reduced_...` so no file fills them.
 - "mobilenetv3_large_cut16": the network up to the stride-16 stage (112 channels), no last stage.
+- "mobilenetv3_small_minimal": keras.applications' `MobileNetV3Small(minimalistic=True)` (3x3
+  kernels, ReLU, no squeeze-excite), output stride 32 or 16; its own "notop" weight file.
 
 The input normalization (x / 127.5 - 1, keras.applications' `include_preprocessing=True`) is
 inside the trunk, so it takes raw RGB in [0, 255]; it is a multiply and an add (no channel
@@ -66,19 +68,27 @@ MOBILENETV3_SMALL = (
 # variant: (blocks, index of the last stage's first block, keras.applications constructor).
 NETWORKS = {"large": (MOBILENETV3_LARGE, 12, "MobileNetV3Large"),
             "small": (MOBILENETV3_SMALL, 8, "MobileNetV3Small")}
-# Each name of `names.MOBILENETS`: (network, tail) with tail "whole", "reduced" or "cut16".
+# Each name of `names.MOBILENETS`: (network, tail, minimalistic) with tail "whole", "reduced" or
+# "cut16"; minimalistic as keras.applications' `minimalistic=True` (every kernel 3x3, ReLU
+# everywhere, no squeeze-excite: fewer passes over the large early maps, faster on CPUs).
 MOBILENETS = {
-    "mobilenetv3_large": ("large", "whole"),
-    "mobilenetv3_large_reduced": ("large", "reduced"),
-    "mobilenetv3_large_cut16": ("large", "cut16"),
-    "mobilenetv3_small": ("small", "whole"),
-    "mobilenetv3_small_reduced": ("small", "reduced"),
+    "mobilenetv3_large": ("large", "whole", False),
+    "mobilenetv3_large_reduced": ("large", "reduced", False),
+    "mobilenetv3_large_cut16": ("large", "cut16", False),
+    "mobilenetv3_small": ("small", "whole", False),
+    "mobilenetv3_small_reduced": ("small", "reduced", False),
+    "mobilenetv3_small_minimal": ("small", "whole", True),
 }
 
 
 def applications_name(backbone):
     """The keras.applications constructor whose weight file a MobileNetV3 variant loads."""
     return NETWORKS[MOBILENETS[backbone][0]][2]
+
+
+def applications_arguments(backbone):
+    """Keyword arguments that constructor needs to read that file (`minimalistic`)."""
+    return {"minimalistic": True} if MOBILENETS[backbone][2] else {}
 
 
 def _depth(value, divisor=8):
@@ -162,8 +172,11 @@ def build_mobilenetv3(backbone="mobilenetv3_large", output_stride=16, skip_strid
     allowed = names.BACKBONE_OUTPUT_STRIDES[backbone]
     if output_stride not in allowed:
         raise ValueError(f"{backbone} output_stride must be one of {allowed}, got {output_stride!r}")
-    network, tail = MOBILENETS[backbone]
+    network, tail, minimalistic = MOBILENETS[backbone]
     blocks, last_stage, _ = NETWORKS[network]
+    if minimalistic:
+        blocks = tuple((e, f, 3, s, False, "relu") for e, f, _, s, _, _ in blocks)
+    stem_activation = "relu" if minimalistic else "hard_swish"
     if tail == "cut16":
         blocks = blocks[:last_stage]
     bad = [s for s in skip_strides if s not in (4, 8, 16)]
@@ -174,7 +187,7 @@ def build_mobilenetv3(backbone="mobilenetv3_large", output_stride=16, skip_strid
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
     x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv")(x)
     x = _batch_norm(x, "conv_bn")
-    x = _activation(x, "hard_swish", "conv_hard_swish")
+    x = _activation(x, stem_activation, f"conv_{stem_activation}")
     stride, skips = 2, {}
     for block_id, (expansion, filters, kernel, block_stride, se, activation) in enumerate(blocks):
         dilation, in_tail = 1, block_id >= last_stage
@@ -199,5 +212,5 @@ def build_mobilenetv3(backbone="mobilenetv3_large", output_stride=16, skip_strid
         conv_1 = NOT_PRETRAINED_PREFIX + "conv_1" if tail == "reduced" else "conv_1"
         x = layers.Conv2D(_depth(x.shape[-1] * 6), 1, use_bias=False, name=conv_1)(x)
         x = _batch_norm(x, f"{conv_1}_bn")
-        x = _activation(x, "hard_swish", f"{conv_1}_hard_swish")
+        x = _activation(x, stem_activation, f"{conv_1}_{stem_activation}")
     return keras.Model(inputs, [skips[s] for s in skip_strides] + [x], name=name or backbone)

@@ -4,7 +4,8 @@ import os
 
 import keras
 
-from synergyseg.models.mobilenet import MOBILENETS, NOT_PRETRAINED_PREFIX, applications_name
+from synergyseg.models.mobilenet import (MOBILENETS, NOT_PRETRAINED_PREFIX, applications_arguments,
+                                         applications_name)
 
 # Trunks whose weights load from a keras.applications file, and the constructor that reads it.
 APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101",
@@ -16,7 +17,8 @@ def load_backbone_weights(trunk, backbone, path):
 
     For "resnet50"/"resnet101" and the MobileNetV3 variants the file is what
     `keras.applications.ResNet50(include_top=False)` (or `ResNet101`, `MobileNetV3Large`,
-    `MobileNetV3Small`) loads: the ImageNet "notop" .h5 keras.applications publishes, or weights
+    `MobileNetV3Small`, with `minimalistic=True` for "_minimal") loads: the ImageNet "notop" .h5
+    keras.applications publishes, or weights
     saved from such a model; every layer the variant keeps is set (a reduced tail's halved layers,
     named `reduced_...`, keep their initial values). For the other trunks it is a weights file
     saved from the same trunk (`trunk.save_weights(...)`).
@@ -59,9 +61,11 @@ def load_backbone_weights(trunk, backbone, path):
 def _applications_model(backbone, path):
     constructor = getattr(keras.applications, APPLICATIONS[backbone])
     try:
-        return constructor(weights=path, include_top=False, input_shape=(None, None, 3))
+        return constructor(weights=path, include_top=False, input_shape=(None, None, 3),
+                           **(applications_arguments(backbone) if backbone in MOBILENETS else {}))
     except Exception as e:
         raise ValueError(
             f"Backbone weights file {path} could not be loaded as keras.applications."
-            f"{APPLICATIONS[backbone]}(include_top=False) weights: {e}"
+            f"{APPLICATIONS[backbone]}(include_top=False"
+            f"{', minimalistic=True' if backbone in MOBILENETS and MOBILENETS[backbone][2] else ''}) weights: {e}"
         ) from e
