@@ -4,6 +4,7 @@ Examples:
     python benchmarks/realtime_speed.py                                   # the full table (idle machine)
     python benchmarks/realtime_speed.py --trained runs/realtime-lraspp-large-cut16 runs/realtime
     python benchmarks/realtime_speed.py --models realtime,segformer-b0 --sizes 512x1024 --rounds 5
+    python benchmarks/realtime_speed.py --class-map-strides 1,2,4,8                # more class map strides
     python benchmarks/realtime_speed.py --smoke --force                   # plumbing only (64x128, 1 round)
 
 Models: preset names (built with 19 classes and random weights, BatchNorm moving statistics set
@@ -15,9 +16,14 @@ download), run on 512x512 windows: 2 per 512x1024 frame, 8 per 1024x2048 frame (
 
 Paths: TFLite float32 and full-integer int8 (ai-edge-litert, --threads threads, calibrated on
 synthetic scenes), Keras float32 (tf.function); batch 1, uint8 image in, int32 class map out (the
-served path: no probabilities or uncertainty output). Every TFLite file and its Keras model are
-made first; then, per size, each entry is warmed up and all are timed round-robin (--rounds
-rounds cycling over every (model, path) entry), so the machine's noise hits all alike.
+served path: `build_serving_model` / `convert_tflite` with outputs ("class_map",), no
+probabilities or uncertainty). Variants fused at the decoder are served at each of
+--class-map-strides (`class_map_stride`: the argmax at 1/stride of the image size, repeated over
+each cell); variants fused at the input and SegFormer-B0 at stride 1 only. Every entry's
+agreement is the % of pixels equal to the exact (stride 1) Keras class map of the same variant.
+Every TFLite file and its Keras model are made first; then, per size, each entry is warmed up and
+all are timed round-robin (--rounds rounds cycling over every (model, stride, path) entry), so
+the machine's noise hits all alike.
 
 Refuses to start (exit 2) when the 1-minute load average is >= 0.5, unless --force. Records the
 load and `uptime` before and after, the CPU time other processes took while timing, versions and
@@ -44,10 +50,11 @@ import tensorflow as tf  # noqa: E402
 
 import synergyseg  # noqa: E402
 from synergyseg.data.synthetic import render_scene  # noqa: E402
-from synergyseg.export import ClassMap, ImagesToFloat, check_builtin_ops, check_int8_scales  # noqa: E402
+from synergyseg.export import ClassMap, ImagesToFloat, build_serving_model, check_builtin_ops  # noqa: E402
+from synergyseg.export import check_int8_scales, check_tflite_size, convert_tflite  # noqa: E402
 from synergyseg.export import make_interpreter, undelegated_ops  # noqa: E402
-from synergyseg.export.saved_model import SIGNATURE_KEY  # noqa: E402
-from synergyseg.export.tflite import _convert  # noqa: E402  (the converter settings of every export)
+from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module  # noqa: E402
+from synergyseg.export.serving import CLASS_MAP, check_serving_options  # noqa: E402
 from synergyseg.models.flops import model_flops  # noqa: E402
 from synergyseg.run_folder import load_model, resolve_model_path  # noqa: E402
 from synergyseg.training.config import preset  # noqa: E402
@@ -61,6 +68,10 @@ DEFAULT_MODELS = ("realtime", "realtime-lraspp-large-cut16", "realtime-lraspp-la
                   "realtime-lraspp-small-reduced", SEGFORMER)
 PATHS = ("tflite-fp32", "tflite-int8", "keras", "keras-xla")
 DEFAULT_PATHS = ("tflite-fp32", "tflite-int8", "keras")
+QUANTIZATION = {"tflite-fp32": "float32", "tflite-int8": "int8"}  # each TFLite path's file
+# `class_map_stride`s timed for every variant fused at the decoder (1: the exact class map).
+DEFAULT_CLASS_MAP_STRIDES = (1, 4)
+SERVED = (CLASS_MAP,)  # the outputs a real-time deployment reads
 NUM_CLASSES = 19  # Cityscapes: the classes' upsample, softmax and fusion cost what they cost there
 # SegFormer-B0 as in its paper (MiT-B0 encoder, all-MLP decoder of 256 channels); its ADE20K
 # models run on 512x512 crops, so a frame is cut into 512x512 windows ("per pixel" comparable).
@@ -150,18 +161,24 @@ def build_segformer(window):
     return model
 
 
-def variants(label, model):
-    """`(variant name, Keras model)` of one two-scale model: as built, single-scale, fused at the input."""
+def variants(label, model, strides):
+    """`(label, variant name, Keras model, class map strides)` of one two-scale model: as built,
+    single-scale, fused at the input; those fused at the decoder at each of `strides`, the others at 1."""
     out = [(f"two-scale ({model.fuse_at})", model), (f"single-scale ({model.fuse_at})", model.with_fusion("high"))]
     if model.fuse_at == "decoder":
         out.append(("two-scale (input)", model.with_fusion(fuse_at="input")))
-    return [(f"{label}", name, m) for name, m in out]
+    return [(label, name, m, tuple(strides) if m.fuse_at == "decoder" else (1,)) for name, m in out]
+
+
+def served_model(model, stride):
+    """uint8 images -> {"class_map": int32} of a SynergySeg `model` at `class_map_stride=stride`."""
+    return build_serving_model(model, outputs=SERVED, class_map_stride=stride)
 
 
 def class_map_model(model):
-    """uint8 images -> {"class_map": int32} of `model` (the served path)."""
+    """uint8 images -> {"class_map": int32} of a model that is not a SynergySeg (SegFormer-B0)."""
     images = keras.Input(tuple(model.inputs[0].shape[1:3]) + (3,), dtype="uint8", name="images")
-    return keras.Model(images, {"class_map": ClassMap(name="class_map")(model(ImagesToFloat()(images)))})
+    return keras.Model(images, {CLASS_MAP: ClassMap(name=CLASS_MAP)(model(ImagesToFloat()(images)))})
 
 
 # --- paths ------------------------------------------------------------------------------------
@@ -192,20 +209,42 @@ def windowed(fn, size, window_size):
     return run
 
 
-def keras_runner(model, jit_compile=False):
-    served = class_map_model(model)
-    fn = tf.function(lambda x: served(x, training=False)["class_map"], jit_compile=jit_compile)
+def keras_runner(served, jit_compile=False):
+    """uint8 images -> class map (numpy) of the serving model `served`, through a tf.function."""
+    fn = tf.function(lambda x: served(x, training=False)[CLASS_MAP], jit_compile=jit_compile)
     return lambda images: fn(tf.constant(images)).numpy()
 
 
 def tflite_runner(content, threads):
     runner = make_interpreter(model_content=content, num_threads=threads).get_signature_runner(SIGNATURE_KEY)
-    return lambda images: runner(images=images)["class_map"]
+    return lambda images: runner(images=images)[CLASS_MAP]
 
 
-def convert(model, size, quantization, calibration):
-    """The TFLite flatbuffer of `class_map_model(model)` at `size` (export's converter settings)."""
-    content = _convert(class_map_model(_at_size(model, size)), size, quantization, calibration)
+def convert_other(model, size, quantization, calibration):
+    """The TFLite flatbuffer of `class_map_model(model)` at `size`, for a model `convert_tflite`
+    does not take (SegFormer-B0).
+
+    The converter settings repeat export's (synergyseg/export/tflite.py `_convert`): from a
+    SavedModel of `serving_module` (variables frozen), builtin ops only, int8 full-integer with
+    `calibration` as the representative dataset; then the same checks as `convert_tflite`.
+    """
+    height, width = check_tflite_size(size)
+    _at_size(model, (height, width))
+    if quantization not in QUANTIZATION.values():
+        raise ValueError(f"quantization must be one of {tuple(QUANTIZATION.values())}, got {quantization!r}")
+    module = serving_module(class_map_model(model), input_shape=(1, height, width, 3))
+    with tempfile.TemporaryDirectory(prefix="realtime-speed-tflite-") as saved_model_dir:
+        tf.saved_model.save(module, saved_model_dir, signatures={SIGNATURE_KEY: module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, [SIGNATURE_KEY])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization == "int8":
+            images = list(calibration or [])
+            if not images:
+                raise ValueError("int8 TFLite needs at least one calibration image")
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.representative_dataset = lambda: ([image] for image in images)
+        content = converter.convert()
     check_builtin_ops(content)
     if quantization == "int8":
         check_int8_scales(content)
@@ -281,6 +320,13 @@ def prepare(args):
         model, path = load_trained(run_dir)
         print(f"loaded {path}", flush=True)
         sources.append((os.path.basename(os.path.normpath(run_dir)), model))
+    for name, model in sources:  # a stride a model cannot serve fails here, before any conversion
+        if model is not None and model.fuse_at == "decoder":
+            for stride in args.class_map_strides:
+                try:
+                    check_serving_options(model, SERVED, stride)
+                except ValueError as e:
+                    raise ValueError(f"--class-map-strides {stride} for {name}: {e}") from None
 
     entries, segformers, conversions = [], {}, {}
     for size in args.sizes:
@@ -290,18 +336,25 @@ def prepare(args):
                 window_size, count = windows_of(size, SEGFORMER_WINDOW)
                 if window_size not in segformers:  # one model (and TFLite file) per window size
                     segformers[window_size] = build_segformer(window_size[0])
-                rows = [(name, f"{count} windows {window_size[0]}x{window_size[1]}", segformers[window_size])]
+                rows = [(name, f"{count} windows {window_size[0]}x{window_size[1]}", segformers[window_size], (1,))]
             else:
                 window_size, count = size, 1
-                rows = variants(name, two_scale)
-            for label, variant, model in rows:
-                entries += prepare_variant(args, label, variant, model, size, window_size, count, frames,
-                                           conversions)
+                rows = variants(name, two_scale, args.class_map_strides)
+            for label, variant, model, strides in rows:
+                entries += prepare_variant(args, label, variant, model, two_scale is not None, strides, size,
+                                           window_size, count, frames, conversions)
             gc.collect()
     return entries
 
 
-def prepare_variant(args, label, variant, model, size, window_size, count, frames, conversions):
+def prepare_variant(args, label, variant, model, ours, strides, size, window_size, count, frames, conversions):
+    """The entries of one variant at one size: each of `strides` on each of `args.paths`.
+
+    `ours`: a SynergySeg (served by `build_serving_model` and `convert_tflite` at each stride),
+    else a model served by `class_map_model` and `convert_other` (stride 1 only). Each entry's
+    agreement is against the exact (stride 1) Keras class map of `model` on `frames`; the
+    stride 1 Keras entry is that reference and has none.
+    """
     print(f"  {label} {variant} {size[0]}x{size[1]}", flush=True)
     base = dict(model=label, variant=variant, size=f"{size[0]}x{size[1]}", windows=count,
                 gflops=None, gflops_tf_profiler=None)
@@ -311,44 +364,57 @@ def prepare_variant(args, label, variant, model, size, window_size, count, frame
         base["gflops_tf_profiler"] = round(count * tf_profiler_flops(model, window_size) / 1e9, 3)
     except Exception as e:  # a counter's gap is reported, not fatal
         base["gflops_tf_profiler_error"] = f"{type(e).__name__}: {e}"[:300]
-    keras_fn = windowed(keras_runner(model), size, window_size)
-    expected = [keras_fn(frames[i:i + 1]) for i in range(len(frames))] if frames.size else []
+
+    def served(stride):
+        return served_model(model, stride) if ours else class_map_model(model)
+
+    def keras_at(stride, jit_compile=False):
+        return windowed(keras_runner(served(stride), jit_compile), size, window_size)
+
+    exact = keras_at(1)  # the reference of every entry's agreement (and the stride 1 keras entry)
+    expected = [exact(frames[i:i + 1]) for i in range(len(frames))]
     out = []
-    for path in args.paths:
-        entry = dict(base, path=path)
-        if path == "keras":  # the function already traced for the agreement's reference
-            entry["runner"] = lambda: keras_fn
-        elif path == "keras-xla":
-            entry["runner"] = lambda: windowed(keras_runner(model, jit_compile=True), size, window_size)
-        else:
-            quantization = {"tflite-fp32": "float32", "tflite-int8": "int8"}[path]
-            calibration = None
-            if quantization == "int8":
-                scenes = synthetic_batch(size, args.calibration, CALIBRATION_SEED)
-                calibration = [np.ascontiguousarray(s[None, y:y + window_size[0], x:x + window_size[1]])
-                               for s in scenes for y in range(0, size[0], window_size[0])
-                               for x in range(0, size[1], window_size[1])][:max(args.calibration, 1)]
-            key = (id(model), window_size, quantization)
-            if key not in conversions:  # the file, or why it could not be made
-                try:
-                    conversions[key] = convert(model, window_size, quantization, calibration)
-                except Exception as e:
-                    conversions[key] = e
-            content = conversions[key]
-            if isinstance(content, Exception):
-                e = content
-                entry["error"] = f"TFLite {quantization} conversion: {type(e).__name__}: {e}"[:500]
-                print(f"    {path}: {entry['error']}", flush=True)
-                out.append(entry)
-                continue
-            entry["tflite_bytes"] = len(content)
-            entry["undelegated_ops"] = undelegated_ops(content, args.threads)
-            entry["runner"] = (lambda c=content: windowed(tflite_runner(c, args.threads), size, window_size))
-            run = entry["runner"]()
-            entry["agreement_pct"] = (round(100 * float(np.mean([(run(frames[i:i + 1]) == e).mean()
-                                                               for i, e in enumerate(expected)])), 3)
-                                      if expected else None)
-        out.append(entry)
+    for stride in strides:
+        keras_fn = exact if stride == 1 else (keras_at(stride) if "keras" in args.paths else None)
+        for path in args.paths:
+            entry = dict(base, class_map_stride=stride, path=path)
+            if path == "keras":  # the function already traced (for the agreement)
+                run = keras_fn
+                entry["runner"] = lambda run=run: run
+            elif path == "keras-xla":
+                run = keras_at(stride, jit_compile=True)
+                entry["runner"] = lambda run=run: run
+            else:
+                quantization = QUANTIZATION[path]
+                calibration = None
+                if quantization == "int8":
+                    scenes = synthetic_batch(size, args.calibration, CALIBRATION_SEED)
+                    calibration = [np.ascontiguousarray(s[None, y:y + window_size[0], x:x + window_size[1]])
+                                   for s in scenes for y in range(0, size[0], window_size[0])
+                                   for x in range(0, size[1], window_size[1])][:max(args.calibration, 1)]
+                key = (id(model), window_size, quantization, stride)
+                if key not in conversions:  # the file, or why it could not be made
+                    try:
+                        conversions[key] = (convert_tflite(model, window_size, quantization, calibration,
+                                                           outputs=SERVED, class_map_stride=stride) if ours else
+                                            convert_other(model, window_size, quantization, calibration))
+                    except Exception as e:
+                        conversions[key] = e
+                content = conversions[key]
+                if isinstance(content, Exception):
+                    e = content
+                    entry["error"] = f"TFLite {quantization} conversion: {type(e).__name__}: {e}"[:500]
+                    print(f"    {path} stride {stride}: {entry['error']}", flush=True)
+                    out.append(entry)
+                    continue
+                entry["tflite_bytes"] = len(content)
+                entry["undelegated_ops"] = undelegated_ops(content, args.threads)
+                entry["runner"] = (lambda c=content: windowed(tflite_runner(c, args.threads), size, window_size))
+                run = entry["runner"]()
+            reference = path == "keras" and stride == 1
+            entry["agreement_pct"] = None if reference or not expected else round(100 * float(np.mean(
+                [(run(frames[i:i + 1]) == e).mean() for i, e in enumerate(expected)])), 3)
+            out.append(entry)
     return out
 
 
@@ -371,17 +437,20 @@ def time_round_robin(entries, frame, warmup, rounds):
 
 
 def ratios(entries):
-    """Two-scale / single-scale time per model, size, path; each entry's FPS / SegFormer-B0's."""
+    """Two-scale / single-scale time per model, size, path and class map stride; each entry's FPS /
+    SegFormer-B0's (at the same size and path)."""
     timed = [e for e in entries if "ms" in e]
+    same = ("model", "size", "path", "class_map_stride")
     two_over_single = []
     for e in timed:
         if not e["variant"].startswith("two-scale"):
             continue
         fuse_at = e["variant"].split("(")[1].rstrip(")")
-        single = next((s for s in timed if (s["model"], s["size"], s["path"]) == (e["model"], e["size"], e["path"])
+        single = next((s for s in timed if all(s[k] == e[k] for k in same)
                        and s["variant"].startswith("single-scale")), None)
         if single:
             two_over_single.append(dict(model=e["model"], fuse_at=fuse_at, size=e["size"], path=e["path"],
+                                        class_map_stride=e["class_map_stride"],
                                         two_scale_ms=e["ms"], single_scale_ms=single["ms"],
                                         single_fuse_at=single["variant"].split("(")[1].rstrip(")"),
                                         ratio=e["ms"] / single["ms"]))
@@ -389,8 +458,9 @@ def ratios(entries):
     for e in timed:
         reference = next((s for s in timed if s["model"] == SEGFORMER and (s["size"], s["path"]) == (e["size"], e["path"])), None)
         if reference and e["model"] != SEGFORMER:
-            vs_segformer.append(dict(model=e["model"], variant=e["variant"], size=e["size"], path=e["path"],
-                                     fps=e["fps"], segformer_fps=reference["fps"], ratio=e["fps"] / reference["fps"]))
+            vs_segformer.append(dict(model=e["model"], variant=e["variant"], class_map_stride=e["class_map_stride"],
+                                     size=e["size"], path=e["path"], fps=e["fps"], segformer_fps=reference["fps"],
+                                     ratio=e["fps"] / reference["fps"]))
     return dict(two_over_single=two_over_single, vs_segformer=vs_segformer)
 
 
@@ -417,11 +487,13 @@ def markdown(result):
              f"Other processes' CPU while timing (share of all cores): "
              f"{', '.join(f'{k} {v}' for k, v in result['others_cpu_share'].items())}.", ""]
     if not result["settings"]["trained"]:
-        lines += ["Random weights: the agreement column (TFLite vs Keras argmax) only checks the "
+        lines += ["Random weights: the agreement column (vs the exact Keras class map) only checks the "
                   "plumbing; it is meaningful for --trained runs.", ""]
-    speedup = {(r["model"], r["variant"], r["size"], r["path"]): r["ratio"] for r in result["ratios"]["vs_segformer"]}
-    lines += ["| model | variant | size | path | GFLOPs (ours) | GFLOPs (tf.profiler) | ms | FPS | x SegFormer-B0 | "
-              "agreement % | ops XNNPACK leaves |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    key = ("model", "variant", "class_map_stride", "size", "path")
+    speedup = {tuple(r[k] for k in key): r["ratio"] for r in result["ratios"]["vs_segformer"]}
+    lines += ["| model | variant | class map stride | size | path | GFLOPs (ours) | GFLOPs (tf.profiler) | ms | "
+              "FPS | x SegFormer-B0 | agreement % | ops XNNPACK leaves |",
+              "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for e in result["entries"]:
         def fmt(v, spec):
             return "" if v is None else format(v, spec)
@@ -430,15 +502,16 @@ def markdown(result):
             ms, fps, ops = "failed", "", e["error"].split("\n")[0][:120]
         else:
             ms, fps = fmt(e.get("ms"), ".1f"), fmt(e.get("fps"), ".1f")
-        lines.append(f"| {e['model']} | {e['variant']} | {e['size']} | {e['path']} | {fmt(e['gflops'], '.1f')} | "
-                     f"{fmt(e['gflops_tf_profiler'], '.1f')} | {ms} | {fps} | "
-                     f"{fmt(speedup.get((e['model'], e['variant'], e['size'], e['path'])), '.2f')} | "
-                     f"{fmt(e.get('agreement_pct'), '.2f')} | {ops} |")
-    lines += ["", "| model | two-scale fused at | size | path | two-scale ms | single-scale ms | ratio |",
-              "|---|---|---|---|---:|---:|---:|"]
+        agreement = ("reference" if e["path"] == "keras" and e["class_map_stride"] == 1
+                     else fmt(e.get("agreement_pct"), ".2f"))
+        lines.append(f"| {e['model']} | {e['variant']} | {e['class_map_stride']} | {e['size']} | {e['path']} | "
+                     f"{fmt(e['gflops'], '.1f')} | {fmt(e['gflops_tf_profiler'], '.1f')} | {ms} | {fps} | "
+                     f"{fmt(speedup.get(tuple(e[k] for k in key)), '.2f')} | {agreement} | {ops} |")
+    lines += ["", "| model | two-scale fused at | class map stride | size | path | two-scale ms | single-scale ms | "
+              "ratio |", "|---|---|---:|---|---|---:|---:|---:|"]
     for r in result["ratios"]["two_over_single"]:
-        lines.append(f"| {r['model']} | {r['fuse_at']} | {r['size']} | {r['path']} | {r['two_scale_ms']:.1f} | "
-                     f"{r['single_scale_ms']:.1f} | {r['ratio']:.2f} |")
+        lines.append(f"| {r['model']} | {r['fuse_at']} | {r['class_map_stride']} | {r['size']} | {r['path']} | "
+                     f"{r['two_scale_ms']:.1f} | {r['single_scale_ms']:.1f} | {r['ratio']:.2f} |")
     lines += ["", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
 
@@ -446,21 +519,39 @@ def markdown(result):
 NOTES = [
     "GFLOPs (ours): synergyseg.models.flops.model_flops per frame (convolutions, resizes, softmax, "
     "fusion; 2 per multiply-add). It does not count SegFormer's attention and MLP matmuls, so it is "
-    "left empty there.",
+    "left empty there. Both GFLOPs columns are the model's up to its full-size fused map, the same on "
+    "every class map stride row (a stride-S class map resizes S*S fewer values instead, and takes "
+    "the argmax of those).",
     "GFLOPs (tf.profiler): tf.compat.v1.profiler float_operation on the frozen float graph, every op "
     "by its own convention (matmuls and convs 2 per multiply-add, elementwise ops too); the one "
     "counter that covers both families, per frame (SegFormer: per window x windows).",
     "SegFormer-B0: keras-hub MiTBackbone (depths 2,2,2,2, dims 32,64,160,256, heads 1,2,5,8, sr "
     "8,4,2,1, patches 7,3,3,3, strides 4,2,2,2) + SegFormerBackbone (256) + SegFormerImageSegmenter "
     "(19 classes), random weights, run window by window (batch 1) and the class maps tiled.",
-    "int8: full-integer, calibrated on synthetic scenes; agreement = % of pixels whose TFLite "
-    "argmax equals the Keras model's on synthetic scenes at that size.",
+    "Class map stride S (`build_serving_model` / `convert_tflite` class_map_stride, variants fused "
+    "at the decoder): the fused map resized to 1/S of the frame, its argmax there repeated over "
+    "each S x S cell; 1 is the exact argmax of the full-size map.",
+    "int8: full-integer, calibrated on synthetic scenes. Agreement = % of pixels whose class equals "
+    "the exact (stride 1) Keras class map of the same model variant, on synthetic scenes at that "
+    "size: the TFLite rows show conversion and quantization, the stride-S rows also the pixels the "
+    "strided class map changes; the Keras stride 1 row is the reference itself.",
 ]
 
 
 def parse_size(text):
     h, w = text.lower().split("x")
     return int(h), int(w)
+
+
+def parse_strides(text):
+    """`"1,4"` -> `(1, 4)`; raises ValueError naming the value unless distinct positive integers."""
+    try:
+        strides = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        strides = ()
+    if not strides or min(strides) < 1 or len(set(strides)) != len(strides):
+        raise ValueError(f"--class-map-strides must be distinct positive integers separated by commas, got {text!r}")
+    return strides
 
 
 def parse_args(argv=None):
@@ -471,6 +562,9 @@ def parse_args(argv=None):
     parser.add_argument("--trained", nargs="+", default=[], metavar="RUN_DIR", help="trained run folders (final.keras)")
     parser.add_argument("--sizes", default="512x1024,1024x2048", help="comma list of HxW frame sizes")
     parser.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"comma list of {PATHS}")
+    parser.add_argument("--class-map-strides", default=",".join(map(str, DEFAULT_CLASS_MAP_STRIDES)),
+                        help="comma list of class_map_stride values for the variants fused at the decoder "
+                             "(1: exact; others at stride 1 only)")
     parser.add_argument("--rounds", type=int, default=7, help="round-robin rounds (median over them)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per entry first")
     parser.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
@@ -491,6 +585,10 @@ def parse_args(argv=None):
     args.models = [m for m in args.models.split(",") if m]
     args.sizes = [parse_size(s) for s in args.sizes.split(",")]
     args.paths = args.paths.split(",")
+    try:
+        args.class_map_strides = parse_strides(args.class_map_strides)
+    except ValueError as e:
+        parser.error(str(e))
     for name in args.models:
         if name != SEGFORMER:
             try:
@@ -529,8 +627,8 @@ def main(argv=None):
             time_round_robin(group, frame, args.warmup, args.rounds)
         others[label] = cpu.share
         for e in group:
-            print(f"| {e['model']} | {e['variant']} | {e['size']} | {e['path']} | {e['ms']:.1f} ms | {e['fps']:.1f} FPS |",
-                  flush=True)
+            print(f"| {e['model']} | {e['variant']} | stride {e['class_map_stride']} | {e['size']} | {e['path']} | "
+                  f"{e['ms']:.1f} ms | {e['fps']:.1f} FPS |", flush=True)
         gc.collect()
     end = load_record()
     timing_s = time.perf_counter() - started - prepare_s
@@ -541,7 +639,7 @@ def main(argv=None):
         command=command, date=start["time"], cpu=cpu_name(), cores=os.cpu_count(), threads=args.threads,
         versions=versions(), load=dict(start=start, before_timing=before, end=end), others_cpu_share=others,
         settings=dict(models=args.models, trained=args.trained, sizes=[f"{h}x{w}" for h, w in args.sizes],
-                      paths=args.paths, rounds=args.rounds, warmup=args.warmup, calibration=args.calibration,
+                      paths=args.paths, class_map_strides=list(args.class_map_strides), rounds=args.rounds, warmup=args.warmup, calibration=args.calibration,
                       agreement=args.agreement, smoke=args.smoke, forced=args.force,
                       segformer_window=SEGFORMER_WINDOW, num_classes=NUM_CLASSES),
         wall_s=dict(prepare=round(prepare_s, 1), timing=round(timing_s, 1)),

@@ -1,4 +1,5 @@
-"""benchmarks/realtime_speed.py's plumbing: --smoke writes the table's JSON and its ratios are the ms ratios.
+"""benchmarks/realtime_speed.py's plumbing: --smoke writes the table's JSON and its ratios are the ms ratios
+(paired at the same class map stride); its agreement is against the exact (stride 1) Keras class map.
 
 No speed is checked: the smoke run's times are whatever the machine gives; only the bookkeeping is.
 """
@@ -29,40 +30,65 @@ def test_refuses_to_time_on_a_loaded_machine(monkeypatch, capsys):
     assert "load average 0.50 >= 0.5" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", ["0,4", "1,1", "4,x", ""])
+def test_refuses_bad_class_map_strides(text, capsys):
+    with pytest.raises(SystemExit) as raised:
+        _script().parse_args(["--smoke", "--class-map-strides", text])
+    assert raised.value.code == 2
+    assert f"--class-map-strides must be distinct positive integers separated by commas, got {text!r}" in \
+        capsys.readouterr().err
+
+
 def test_smoke_run_writes_entries_and_ratios_of_its_own_times(tmp_path):
     pytest.importorskip("keras_hub")  # the `bench` extra
     out = tmp_path / "realtime_speed"
     # One TFLite path keeps the run short; int8 goes through the same code with a calibration set.
     subprocess.run([sys.executable, SCRIPT, "--smoke", "--force", "--paths", "tflite-fp32,keras",
-                    "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+                    "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])))
     result = json.loads((tmp_path / "realtime_speed.json").read_text())
     assert {"command", "date", "cpu", "versions", "load", "others_cpu_share", "settings", "entries",
             "ratios"} <= set(result)
     assert set(result["load"]) == {"start", "before_timing", "end"}
     assert "load average" in result["load"]["start"]["uptime"]
-    entries = {(e["model"], e["variant"], e["path"]): e for e in result["entries"]}
+    assert result["settings"]["class_map_strides"] == [1, 4]  # the default
+    entries = {(e["model"], e["variant"], e["class_map_stride"], e["path"]): e for e in result["entries"]}
     model = "realtime-lraspp-large-cut16"
-    assert set(entries) == {(m, v, p) for p in ("tflite-fp32", "keras") for m, v in [
-        (model, "two-scale (decoder)"), (model, "single-scale (decoder)"), (model, "two-scale (input)"),
-        ("segformer-b0", "2 windows 64x64")]}
-    for e in entries.values():
+    # Fused at the decoder: each class map stride; fused at the input and SegFormer: stride 1 only.
+    assert set(entries) == {(m, v, stride, p) for p in ("tflite-fp32", "keras") for m, v, stride in [
+        (model, "two-scale (decoder)", 1), (model, "two-scale (decoder)", 4),
+        (model, "single-scale (decoder)", 1), (model, "single-scale (decoder)", 4),
+        (model, "two-scale (input)", 1), ("segformer-b0", "2 windows 64x64", 1)]}
+    for (m, v, stride, path), e in entries.items():
         assert e["size"] == "64x128" and len(e["times_ms"]) == 1 and e["ms"] > 0
         assert e["fps"] == pytest.approx(1000 / e["ms"], rel=1e-3)
         assert e["gflops_tf_profiler"] > 0
-        if e["path"] == "tflite-fp32":
-            assert "ARG_MAX" in e["undelegated_ops"] and 0 <= e["agreement_pct"] <= 100
-    assert entries[(model, "two-scale (decoder)", "keras")]["gflops"] > entries[(model, "single-scale (decoder)", "keras")]["gflops"]
+        if path == "tflite-fp32":
+            assert "ARG_MAX" in e["undelegated_ops"]
+        if path == "keras" and stride == 1:  # the reference of every agreement
+            assert e["agreement_pct"] is None
+        else:
+            assert 0 <= e["agreement_pct"] <= 100
+    for variant in ("two-scale (decoder)", "single-scale (decoder)"):
+        # float32 TFLite at stride 4 against the exact map changes what Keras at stride 4 changes
+        # (not ~100%, as it would against the stride 4 Keras map)
+        keras4, tflite4 = (entries[(model, variant, 4, p)]["agreement_pct"] for p in ("keras", "tflite-fp32"))
+        assert keras4 < 99  # precondition: the seeded scenes' class maps have boundaries (84% measured)
+        assert tflite4 == pytest.approx(keras4, abs=1.0)
+    assert entries[(model, "two-scale (decoder)", 1, "keras")]["gflops"] > entries[(model, "single-scale (decoder)", 1, "keras")]["gflops"]
     two_over_single = result["ratios"]["two_over_single"]
-    assert len(two_over_single) == 4  # two fusion resolutions x two paths
+    # (decoder at strides 1 and 4, input at stride 1) x two paths, each paired at its own stride
+    assert sorted((r["fuse_at"], r["class_map_stride"], r["path"]) for r in two_over_single) == sorted(
+        (f, stride, p) for p in ("tflite-fp32", "keras") for f, stride in [("decoder", 1), ("decoder", 4), ("input", 1)])
     for r in two_over_single:
-        two = entries[(r["model"], f"two-scale ({r['fuse_at']})", r["path"])]["ms"]
-        single = entries[(r["model"], "single-scale (decoder)", r["path"])]["ms"]
+        two = entries[(r["model"], f"two-scale ({r['fuse_at']})", r["class_map_stride"], r["path"])]["ms"]
+        single = entries[(r["model"], "single-scale (decoder)", r["class_map_stride"], r["path"])]["ms"]
         assert (r["two_scale_ms"], r["single_scale_ms"]) == (two, single)
         assert r["ratio"] == pytest.approx(two / single)
     vs_segformer = result["ratios"]["vs_segformer"]
-    assert len(vs_segformer) == 6
+    assert len(vs_segformer) == 10  # every entry of ours
     for r in vs_segformer:
-        ours = entries[(r["model"], r["variant"], r["path"])]["ms"]
-        theirs = entries[("segformer-b0", "2 windows 64x64", r["path"])]["ms"]
+        ours = entries[(r["model"], r["variant"], r["class_map_stride"], r["path"])]["ms"]
+        theirs = entries[("segformer-b0", "2 windows 64x64", 1, r["path"])]["ms"]
         assert r["ratio"] == pytest.approx(theirs / ours, rel=1e-3)
-    assert "| model | variant | size | path |" in (tmp_path / "realtime_speed.md").read_text()
+    assert "| model | variant | class map stride | size | path |" in (tmp_path / "realtime_speed.md").read_text()
