@@ -154,10 +154,13 @@ def build_serving_model(model, outputs=SERVING_OUTPUTS, class_map_stride=1):
         >>> serving(np.zeros((1, 64, 64, 3), np.uint8))["class_map"].shape   # (1, 64, 64)
     """
     outputs, class_map_stride = check_serving_options(model, outputs, class_map_stride)
-    scales = as_synergyseg(model).with_fusion(scale_outputs=True)
+    # The per-scale outputs only when the uncertainty is served: a single-scale model with them
+    # would compute its low scale again.
+    scale_outputs = UNCERTAINTY in outputs
+    scales = as_synergyseg(model).with_fusion(scale_outputs=scale_outputs)
     needed = {}
     if PROBABILITIES in outputs or (CLASS_MAP in outputs and class_map_stride == 1):
-        needed[FUSED] = scales.output[FUSED]
+        needed[FUSED] = scales.output[FUSED] if scale_outputs else scales.output
     if UNCERTAINTY in outputs:
         needed[UNCERTAINTY] = scales.output[UNCERTAINTY]
     if class_map_stride != 1:

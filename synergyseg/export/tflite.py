@@ -9,6 +9,7 @@ import tensorflow as tf
 from synergyseg.atomic import atomic_output
 from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module
 from synergyseg.export.serving import SERVING_OUTPUTS, build_serving_model
+from synergyseg.models.synergy import as_synergyseg
 
 QUANTIZATIONS = ("float32", "float16", "int8")
 # Odd sizes convert and match Keras (tests/test_export.py: 33x47 and 48x96; no multiple needed:
@@ -20,8 +21,9 @@ MIN_TFLITE_SIZE = 32
 REQUIRE_LITERT_ENV = "SYNERGYSEG_REQUIRE_LITERT"
 
 
-def check_tflite_size(size):
-    """Returns `size` as `(height, width)` ints, or raises ValueError saying which sizes work."""
+def check_tflite_size(size, model=None):
+    """Returns `size` as `(height, width)` ints, or raises ValueError saying which sizes work
+    (at least `MIN_TFLITE_SIZE`, and `model.min_input_size` when a model is given)."""
     try:
         height, width = size
         if not all(float(s) == int(s) for s in size):
@@ -35,6 +37,10 @@ def check_tflite_size(size):
             f"{MIN_TFLITE_SIZE} (the half-resolution branch then still sees 16x16 pixels at "
             "stride 16). Any size from there on works, odd sizes included; no multiple is needed."
         )
+    minimum = getattr(model, "min_input_size", 1)
+    if height < minimum or width < minimum:
+        raise ValueError(f"TFLite size {height}x{width} is too small for {model.name}: it takes at least "
+                         f"{minimum}x{minimum} (its trunk's output stride, doubled for two scales)")
     return height, width
 
 
@@ -80,7 +86,7 @@ def convert_tflite(model, size, quantization="float32", calibration_images=None,
         "class_map" int32, "probabilities" and "uncertainty" float32 (those `outputs` names).
         Only builtin TFLite ops.
     """
-    size = check_tflite_size(size)
+    size = check_tflite_size(size, as_synergyseg(model))
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if quantization == "int8" and calibration_images is None:

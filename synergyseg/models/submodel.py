@@ -111,6 +111,13 @@ class SegmentationModel(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     @property
+    def min_input_size(self):
+        """The smallest height and width this model takes: a MobileNetV3 trunk's "valid" stride-2
+        convolutions fail (or leave no pixel) below its output stride; a ResNet takes any size."""
+        backbone = getattr(self, "backbone_name", None)
+        return self.output_stride if backbone in names.MOBILENETS else 1
+
+    @property
     def trunk(self):
         """The trunk (a nested model whose weights load from keras.applications files)."""
         return self.get_layer(TRUNK)

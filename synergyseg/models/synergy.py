@@ -76,6 +76,7 @@ class SynergySeg(keras.Model):
         self.fusion = fuse
         self.scale_outputs = bool(scale_outputs)
         self.fuse_at = fuse_at
+        self._single = single
         num_classes = submodel.output.shape[-1]
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for a model of {num_classes} classes")
@@ -111,6 +112,36 @@ class SynergySeg(keras.Model):
     @property
     def output_stride(self):
         return getattr(self.submodel, "output_stride", None)
+
+    @property
+    def min_input_size(self):
+        """The smallest height and width this model takes: the submodel's, doubled when the
+        half-resolution branch runs (it sees half of each side)."""
+        return getattr(self.submodel, "min_input_size", 1) * (1 if self._single else 2)
+
+    def check_input_size(self, shape):
+        """Raises ValueError if `shape` `(batch, h, w, 3)` has a known height or width below
+        `min_input_size` (below it a MobileNetV3 trunk fails deep inside or returns NaN)."""
+        height, width = tuple(shape)[1:3]
+        if any(isinstance(s, int) and s < self.min_input_size for s in (height, width)):
+            raise ValueError(
+                f"{self.name} takes images of at least {self.min_input_size}x{self.min_input_size} "
+                f"pixels ({self.backbone_name} at output stride {self.output_stride}"
+                f"{', two scales' if not self._single else ''}); got {height}x{width}: "
+                "resize or pad the image first")
+
+    def call(self, inputs, training=None, mask=None):
+        # Where the size is known: eager calls, and the first trace of fit/predict on fixed sizes.
+        self.check_input_size(getattr(inputs, "shape", (None,) * 4))
+        return super().call(inputs, training=training, mask=mask)
+
+    def predict(self, x, *args, **kwargs):
+        # Keras retraces a second predict with unknown sizes, where call cannot see them.
+        spec = getattr(x, "element_spec", None)
+        shape = getattr(spec[0] if isinstance(spec, tuple) else spec, "shape", None) or getattr(x, "shape", None)
+        if shape is not None and len(shape) == 4:
+            self.check_input_size(tuple(shape))
+        return super().predict(x, *args, **kwargs)
 
     def with_fusion(self, fusion=None, scale_outputs=False, fuse_at=None):
         """A SynergySeg that shares these weights, with another fusion (name), resolution or extra outputs.
