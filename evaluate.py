@@ -14,8 +14,12 @@ figures/*.png into --out (default RUN/evaluation) and prints the tables.
 import argparse
 import sys
 
-from synergyseg.evaluation import ABLATION_FUSIONS, EvaluationOptions, evaluate_model
-from synergyseg.arguments import image_size
+from synergyseg.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # first: drops TensorFlow's start-up lines (a no-op once `import synergyseg` ran it)
+
+from synergyseg.evaluation import ABLATION_FUSIONS, EvaluationOptions, evaluate_model  # noqa: E402
+from synergyseg.arguments import image_size  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -16,7 +16,9 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from synergyseg.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # first: drops TensorFlow's start-up lines (a no-op once `import synergyseg` ran it)
 
 from synergyseg.training.config import PRESETS, RunConfig, parse_field, preset  # noqa: E402
 

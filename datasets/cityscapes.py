@@ -9,7 +9,11 @@
 import argparse
 import sys
 
-from synergyseg.data import cityscapes
+from synergyseg.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # first: drops TensorFlow's start-up lines (a no-op once `import synergyseg` ran it)
+
+from synergyseg.data import cityscapes  # noqa: E402
 
 
 def main():

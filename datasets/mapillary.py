@@ -8,7 +8,11 @@ Splits "training" and "validation" are written as train-*.tfrecord and val-*.tfr
 import argparse
 import sys
 
-from synergyseg.data import mapillary
+from synergyseg.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # first: drops TensorFlow's start-up lines (a no-op once `import synergyseg` ran it)
+
+from synergyseg.data import mapillary  # noqa: E402
 
 
 def main():

@@ -7,7 +7,11 @@
 import argparse
 import sys
 
-from synergyseg.data import synthetic
+from synergyseg.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # first: drops TensorFlow's start-up lines (a no-op once `import synergyseg` ran it)
+
+from synergyseg.data import synthetic  # noqa: E402
 
 
 def main():

@@ -24,6 +24,7 @@ import numpy as np
 
 from synergyseg.atomic import write_text
 from synergyseg.data.info import IGNORE_LABEL
+from synergyseg.quiet import quiet_tensorflow
 
 # Per-shard statistics live beside the shards so a resumed run can still print the full summary.
 _STATS_DIR = ".stats"
@@ -190,8 +191,11 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 def _die_with_parent(parent_pid):
     """Worker initializer: the kernel SIGKILLs this worker when its parent dies (Linux).
 
-    Without it a `kill -9` of the converter leaves its workers running (PPID 1) forever.
+    Without it a `kill -9` of the converter leaves its workers running (PPID 1) forever. It also
+    imports TensorFlow without its start-up lines (the unpickling of this function imported
+    synergyseg, which did so already; the call keeps the worker quiet should that change).
     """
+    quiet_tensorflow()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -2,6 +2,10 @@
 
 import sys
 
-from synergyseg.export.cli import main
+from synergyseg.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # first: drops TensorFlow's start-up lines (a no-op once `import synergyseg` ran it)
+
+from synergyseg.export.cli import main  # noqa: E402
 
 sys.exit(main())

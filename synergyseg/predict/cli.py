@@ -15,9 +15,13 @@ NAME_overlay.mp4, printing its FPS. Existing outputs are kept unless --overwrite
 import argparse
 import sys
 
-from synergyseg.predict.files import DEFAULT_BATCH_SIZE, PredictOptions, predict_files
-from synergyseg.predict.render import DEFAULT_OPACITY
-from synergyseg.predict.segmenter import Segmenter
+from synergyseg.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # first: drops TensorFlow's start-up lines (a no-op once `import synergyseg` ran it)
+
+from synergyseg.predict.files import DEFAULT_BATCH_SIZE, PredictOptions, predict_files  # noqa: E402
+from synergyseg.predict.render import DEFAULT_OPACITY  # noqa: E402
+from synergyseg.predict.segmenter import Segmenter  # noqa: E402
 
 
 def parse_args(argv=None):
