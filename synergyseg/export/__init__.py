@@ -12,15 +12,17 @@ from synergyseg.export.artifacts import FORMATS, artifact_names, export_model
 from synergyseg.run_folder import load_synergyseg_model, resolve_model_path
 from synergyseg.export.onnx import export_onnx
 from synergyseg.export.saved_model import export_saved_model
-from synergyseg.export.serving import SERVING_OUTPUTS, ClassMap, ImagesToFloat, build_serving_model
+from synergyseg.export.serving import (
+    SERVING_OUTPUTS, ClassMap, ImagesToFloat, StridedClassMap, build_serving_model,
+    check_serving_options)
 from synergyseg.export.tflite import (
     QUANTIZATIONS, calibration_images, check_builtin_ops, check_int8_scales, check_tflite_size,
     convert_tflite, export_tflite, make_interpreter, run_tflite, tflite_ops, undelegated_ops)
 
 __all__ = [
-    "FORMATS", "QUANTIZATIONS", "SERVING_OUTPUTS", "ClassMap", "ImagesToFloat", "artifact_names",
-    "build_serving_model", "calibration_images", "check_builtin_ops", "check_int8_scales",
-    "check_tflite_size", "convert_tflite", "export_model", "export_onnx", "export_saved_model",
-    "export_tflite", "load_synergyseg_model", "make_interpreter", "resolve_model_path", "run_tflite",
-    "tflite_ops", "undelegated_ops",
+    "FORMATS", "QUANTIZATIONS", "SERVING_OUTPUTS", "ClassMap", "ImagesToFloat", "StridedClassMap",
+    "artifact_names", "build_serving_model", "calibration_images", "check_builtin_ops",
+    "check_int8_scales", "check_serving_options", "check_tflite_size", "convert_tflite",
+    "export_model", "export_onnx", "export_saved_model", "export_tflite", "load_synergyseg_model",
+    "make_interpreter", "resolve_model_path", "run_tflite", "tflite_ops", "undelegated_ops",
 ]

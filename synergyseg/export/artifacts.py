@@ -15,6 +15,7 @@ from synergyseg.run_folder import (
 from synergyseg.export.metadata import METADATA_NAME, metadata, write_metadata
 from synergyseg.export.onnx import export_onnx
 from synergyseg.export.saved_model import export_saved_model
+from synergyseg.export.serving import SERVING_OUTPUTS, check_serving_options
 from synergyseg.export.tflite import (
     QUANTIZATIONS, calibration_images, check_tflite_size, export_tflite)
 
@@ -108,7 +109,8 @@ def _move_into_place(staging, out_dir):
 
 
 def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantizations=QUANTIZATIONS,
-                 calibration=None, num_calibration_images=DEFAULT_CALIBRATION_IMAGES, log=print):
+                 calibration=None, num_calibration_images=DEFAULT_CALIBRATION_IMAGES,
+                 outputs=SERVING_OUTPUTS, class_map_stride=1, log=print):
     """Exports a trained SynergySeg model as SavedModel, TFLite and ONNX into `out_dir`.
 
     Everything is checked before any work starts, and files are built in a hidden folder beside
@@ -124,11 +126,16 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
         quantizations: TFLite variants, any of "float32", "float16", "int8".
         calibration: glob of TFRecord shards whose images calibrate int8 (required for "int8").
         num_calibration_images: images read from `calibration`.
+        outputs: which of `SERVING_OUTPUTS` every artifact serves (all by default).
+        class_map_stride: 1 (default), or the stride at which every artifact takes its class map
+            (`build_serving_model`; models fused at the decoder only). Both are recorded in
+            metadata.json.
         log: progress output, `None` for silence.
 
     Returns:
         `{artifact: path}` for "saved_model", "tflite_float32", "tflite_float16", "tflite_int8",
-        "onnx" (those requested) and "metadata" (metadata.json: class names and colours).
+        "onnx" (those requested) and "metadata" (metadata.json: class names and colours,
+        outputs and class map stride).
 
     Example:
         >>> export_model("runs/cityscapes", "export", tflite_size=(512, 1024),
@@ -144,6 +151,7 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
         model = as_synergyseg(source)
     else:
         model = load_synergyseg_model(source)
+    outputs, class_map_stride = check_serving_options(model, outputs, class_map_stride)
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"Output folder {out_dir!r} exists and is not a folder")
@@ -160,9 +168,9 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
             path = os.path.join(staging, name)
             log(f"[{step}/{len(names)}] {artifact} -> {os.path.join(out_dir, name)}")
             if artifact == "saved_model":
-                export_saved_model(model, path)
+                export_saved_model(model, path, outputs, class_map_stride)
             elif artifact == "onnx":
-                export_onnx(model, path)
+                export_onnx(model, path, outputs=outputs, class_map_stride=class_map_stride)
             else:
                 quantization = artifact.removeprefix("tflite_")
                 if quantization == "int8" and calibration_set is None:
@@ -170,12 +178,14 @@ def export_model(source, out_dir, *, formats=FORMATS, tflite_size=None, quantiza
                                                               num_calibration_images))
                     log(f"      calibrating on {len(calibration_set)} images from {calibration}")
                 export_tflite(model, path, size, quantization,
-                              calibration_set if quantization == "int8" else None)
+                              calibration_set if quantization == "int8" else None,
+                              outputs, class_map_stride)
             log(f"      {_dir_size(path) / 2**20:.1f} MiB in {time.perf_counter() - start:.0f} s")
         # Class names and colours beside the artifacts, which hold only the serving graph.
         source_path = None if isinstance(source, keras.Model) else resolve_model_path(source)
         write_metadata(os.path.join(staging, METADATA_NAME), metadata(
-            model, *class_info(model, source_path), source=source_path, tflite_size=size))
+            model, *class_info(model, source_path), source=source_path, tflite_size=size,
+            outputs=outputs, class_map_stride=class_map_stride))
         names["metadata"] = METADATA_NAME
         _move_into_place(staging, out_dir)
         return {artifact: os.path.join(out_dir, name) for artifact, name in names.items()}

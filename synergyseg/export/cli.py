@@ -7,12 +7,15 @@ Examples:
         --formats saved_model,onnx
     python -m synergyseg.export runs/cityscapes --out export/cs --formats tflite \\
         --tflite-size 512x1024 --quantizations float32,float16
+    python -m synergyseg.export runs/cityscapes --out export/realtime --formats tflite \\
+        --tflite-size 512x1024 --quantizations float32 --outputs class_map --class-map-stride 4
 """
 
 import argparse
 import sys
 
 from synergyseg.export.artifacts import DEFAULT_CALIBRATION_IMAGES, FORMATS, export_model
+from synergyseg.export.serving import SERVING_OUTPUTS
 from synergyseg.export.tflite import QUANTIZATIONS
 from synergyseg.arguments import image_size
 
@@ -44,6 +47,12 @@ def parse_args(argv=None):
                         help="glob of TFRecord shards whose images calibrate the int8 TFLite")
     parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                         help="images read for int8 calibration (default %(default)s)")
+    parser.add_argument("--outputs", type=_choices(SERVING_OUTPUTS), default=SERVING_OUTPUTS,
+                        help=f"outputs of every artifact, default {','.join(SERVING_OUTPUTS)}")
+    parser.add_argument("--class-map-stride", type=int, default=1,
+                        help="take the class map at 1/N of the image size and repeat it over NxN "
+                             "pixels: faster, differs only near class boundaries (models fused "
+                             "at the decoder; default %(default)s: the exact full-size argmax)")
     return parser.parse_args(argv)
 
 
@@ -53,7 +62,8 @@ def main(argv=None):
         written = export_model(
             args.model, args.out, formats=args.formats, tflite_size=args.tflite_size,
             quantizations=args.quantizations, calibration=args.calibration,
-            num_calibration_images=args.calibration_images)
+            num_calibration_images=args.calibration_images, outputs=args.outputs,
+            class_map_stride=args.class_map_stride)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from synergyseg.atomic import atomic_output
-from synergyseg.export.serving import build_serving_model
+from synergyseg.export.serving import SERVING_OUTPUTS, build_serving_model
 
 SIGNATURE_KEY = "serving_default"
 
@@ -26,23 +26,25 @@ def serving_module(serving, input_shape=(None, None, None, 3)):
     return module
 
 
-def export_saved_model(model, path):
+def export_saved_model(model, path, outputs=SERVING_OUTPUTS, class_map_stride=1):
     """Writes `model` as a SavedModel whose `serving_default` maps uint8 images to the class map.
 
     The signature takes "images" `(batch, h, w, 3)` uint8 RGB of any batch and size and returns
     "class_map" `(batch, h, w)` int32, "probabilities" `(batch, h, w, classes)` float32 (fused)
-    and "uncertainty" `(batch, h, w, 1)` float32. It loads with `tf.saved_model.load` alone.
+    and "uncertainty" `(batch, h, w, 1)` float32 (those `outputs` names). It loads with
+    `tf.saved_model.load` alone.
 
     Args:
         model: a trained SynergySeg model.
         path: the SavedModel folder to write (replaced if it exists, only once complete).
+        outputs, class_map_stride: as in `build_serving_model`.
 
     Example:
         >>> export_saved_model(model, "export/saved_model")
         >>> serve = tf.saved_model.load("export/saved_model").signatures["serving_default"]
         >>> serve(images=tf.zeros((1, 512, 1024, 3), tf.uint8))["class_map"]
     """
-    module = serving_module(build_serving_model(model))
+    module = serving_module(build_serving_model(model, outputs, class_map_stride))
     with atomic_output(path) as tmp:
         tf.saved_model.save(module, tmp, signatures={SIGNATURE_KEY: module.serve})
     return path
