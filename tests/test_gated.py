@@ -17,7 +17,8 @@ from synergyseg.export.tflite import make_interpreter
 from synergyseg.models.gated import (
     GATE, GatedSynergySeg, gated_synergyseg, select_tiles, tile_scores, tiles_selected)
 from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
-from reference import assert_save_load_round_trip, bilinear_resize, tiny_kwargs
+from reference import all_layers, assert_save_load_round_trip, bilinear_resize, tiny_kwargs
+from test_rewrite import randomize_batchnorm
 
 NUM_CLASSES = 4
 
@@ -71,9 +72,11 @@ def numpy_gated(model, x, tile, margin, fraction):
     return out, gate, up_lo, uncertainty
 
 
+# The tiling and paste are checked to 1e-6 on the submodel itself (inference_rewrites=False); the
+# rewritten passes differ from it by float32 rounding, checked to 1e-5 on their own below.
 def test_one_tile_without_margin_equals_the_two_scale_model(model):
     x = images(2, 40, 56)
-    gated = gated_synergyseg(model, tile_size=64, margin=0, fraction=1.0, pooling="tile")
+    gated = gated_synergyseg(model, tile_size=64, margin=0, fraction=1.0, pooling="tile", inference_rewrites=False)
     np.testing.assert_allclose(np.asarray(gated(x)), np.asarray(model(x)), atol=1e-6)
 
 
@@ -81,8 +84,53 @@ def test_one_tile_without_margin_equals_the_two_scale_model(model):
 def test_one_tile_equals_the_two_scale_model_with_another_fusion(model, fusion):
     x = images(1, 33, 47)
     two_scale = model.with_fusion(fusion)
-    gated = gated_synergyseg(two_scale, tile_size=48, margin=0, fraction=1.0, pooling="tile")
+    gated = gated_synergyseg(two_scale, tile_size=48, margin=0, fraction=1.0, pooling="tile",
+                             inference_rewrites=False)
     np.testing.assert_allclose(np.asarray(gated(x)), np.asarray(two_scale(x)), atol=1e-6)
+
+
+def test_a_decoder_fused_model_is_gated_as_its_input_fused_form():
+    """LR-ASPP fused at the decoder: the tiles need full-size per-scale maps, so the gated model is
+    `with_fusion(fuse_at="input")` of the same weights. A margin that makes every window the whole
+    image gives each of the 6 tiles the whole image's context: at fraction 1 the paste of all
+    tiles is that model, probabilities and class map."""
+    keras.utils.set_random_seed(4)
+    decoder = randomize_batchnorm(synergyseg.build_synergyseg(
+        NUM_CLASSES, backbone="mobilenetv3_small", head="lraspp", head_filters=8, fuse_at="decoder"), 4)
+    x = images(2, 40, 56, seed=8)
+    gated = gated_synergyseg(decoder, tile_size=24, margin=20, fraction=1.0, pooling="tile", scale_outputs=True)
+    out = gated(x)
+    assert np.asarray(out[GATE]).min() == 1 and tiles_selected(40, 56, tile_size=24, fraction=1.0) == 6
+    expected = np.asarray(decoder.with_fusion(fuse_at="input")(x))
+    np.testing.assert_allclose(np.asarray(out[FUSED]), expected, atol=1e-5)  # the rewritten passes
+    np.testing.assert_array_equal(np.asarray(out[FUSED]).argmax(-1), expected.argmax(-1))
+    # Not the decoder-fused model's map (fused on the stride-8 grid), which gating does not reproduce.
+    assert np.abs(np.asarray(decoder(x)) - expected).max() > 1e-3
+    # Fewer tiles gate too: the high scale on the most uncertain half.
+    half = gated_synergyseg(decoder, tile_size=16, margin=4, fraction=0.5, pooling="tile", scale_outputs=True)(x)
+    assert np.asarray(half[GATE]).mean() == pytest.approx(0.5, abs=0.15)
+
+
+@pytest.mark.parametrize("pooling", ["low", "tile"])
+def test_inference_rewrites_are_exact_and_fold_and_trim_the_passes(pooling):
+    """BatchNorm statistics set to random values (a wrong fold moves the output); 48-px windows are
+    a 3x3 map at stride 16, where every ASPP rate reads only its centre tap."""
+    keras.utils.set_random_seed(6)
+    two_scale = randomize_batchnorm(synergyseg.build_synergyseg(NUM_CLASSES, **tiny_kwargs()), 3)
+    knobs = dict(tile_size=32, margin=8, fraction=0.5, pooling=pooling, scale_outputs=True)
+    rewritten = gated_synergyseg(two_scale, **knobs)
+    plain = gated_synergyseg(two_scale, inference_rewrites=False, **knobs)
+    assert plain.low_pass is (plain.low_scale if pooling == "low" else two_scale.submodel)
+    for part in (rewritten.low_pass, rewritten.tile_pass):
+        assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in all_layers(part))
+    assert rewritten.tile_pass.get_layer("aspp_rate18_conv").kernel_size == (1, 1)
+    assert rewritten.low_pass.get_layer("aspp_rate18_conv").kernel_size == (3, 3)  # any image size
+    x = images(2, 45, 70, seed=3)
+    got, expected = rewritten(x), plain(x)
+    np.testing.assert_array_equal(np.asarray(got[GATE]), np.asarray(expected[GATE]))
+    assert 0 < np.asarray(got[GATE]).mean() < 1
+    for key in (FUSED, S_LO, UNCERTAINTY):
+        np.testing.assert_allclose(np.asarray(got[key]), np.asarray(expected[key]), atol=1e-5, err_msg=key)
 
 
 def test_uncertainty_means_the_same_in_the_gated_and_the_two_scale_model(model):

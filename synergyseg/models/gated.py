@@ -6,6 +6,9 @@ Eq. 1, `S = U(S_lo) + S_hi * U(1 - S_lo)`, mostly ignores `S_hi` where the low s
 (each read with a margin of context that is cropped off after), ranks the tiles by the low scale's
 mean uncertainty `U(1 - max_c S_lo)` (SynergySeg's "uncertainty" output), and runs the shared submodel as one batch on the selected
 tiles only. Eq. 1 (or the model's fusion) fuses where the high scale ran; elsewhere `U(S_lo)` stands.
+Both passes run the submodel rewritten for inference (`synergyseg.models.rewrite`): BatchNorm folded
+into its conv, and on the tiles (never larger than `tile_size + 2 * margin`) the conv taps that
+read only padding there dropped (ASPP's rate-12 and -18 branches on a 160-px window).
 
     gated = gated_synergyseg(model, fraction=0.25)     # model: a trained SynergySeg
     probabilities = gated.predict(images)              # (batch, h, w, classes)
@@ -17,6 +20,7 @@ from keras import ops
 from synergyseg.models.fusion import _Fusion, fusion_name, make_fusion
 from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, resize_bilinear, spatial_size
+from synergyseg.models.rewrite import fold_batchnorm, rewrite_for_inference
 from synergyseg.models.synergy import as_synergyseg, two_scale_config, two_scale_parts
 
 # Tiles of 128 px with a 16 px margin: on the main job's model (256x512 scenes) 64 px tiles with a
@@ -133,8 +137,8 @@ def select_tiles(scores, fraction=None, threshold=None, max_tiles=None):
 class GatedSynergySeg(keras.Model):
     """SynergySeg with the full-resolution pass only on the tiles where the low scale is unsure.
 
-    Built from a trained model's submodel and fusion (weights shared, nothing retrained; see
-    `gated_synergyseg`). The low scale runs on the whole image (`S_lo`); the image is cut into
+    Built from a trained model's submodel and fusion (nothing retrained; the passes run copies
+    rewritten for inference, see `inference_rewrites`, and `gated_synergyseg`). The low scale runs on the whole image (`S_lo`); the image is cut into
     `tile_size` tiles, each read with `margin` extra pixels of context on every side (a window
     kept inside the image: at the border it shifts inward) and cropped back after. Tiles are
     ranked by the mean of `U(1 - max_c S_lo)`; the selected ones go through the submodel as one
@@ -157,6 +161,12 @@ class GatedSynergySeg(keras.Model):
         scale_outputs: if True, return a dict with "fused", "s_lo" (`U(S_lo)`), "uncertainty"
             (`U(1 - max_c S_lo)`, `(batch, h, w, 1)`, as `SynergySeg`'s) and "gate" (1 where the
             high scale ran).
+        inference_rewrites: run copies of the submodel rewritten for inference (exact up to
+            float32 rounding, `synergyseg.models.rewrite`): BatchNorm folded into its conv on
+            both scales, and the tiles' convs cut to the taps a `tile_size + 2 * margin` window
+            can read. The copies take the submodel's weights when this model is built (build it
+            after loading them) and are kept beside them (in memory and in a saved file).
+            False runs the submodel itself.
         class_names, palette: the dataset's class names and colours (travel with the model).
 
     Input `(batch, h, w, 3)` RGB in [0, 255], any h and w; output `(batch, h, w, num_classes)`
@@ -169,7 +179,7 @@ class GatedSynergySeg(keras.Model):
 
     def __init__(self, submodel, fusion="uncertainty", tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN,
                  fraction=None, threshold=None, max_tiles=None, pooling=DEFAULT_POOLING, scale_outputs=False,
-                 class_names=None, palette=None, name="gated_synergyseg", **kwargs):
+                 inference_rewrites=True, class_names=None, palette=None, name="gated_synergyseg", **kwargs):
         fraction, threshold = check_gating(tile_size, margin, fraction, threshold, max_tiles, pooling)
         fuse = make_fusion(fusion) if isinstance(fusion, str) else fusion
         if not isinstance(fuse, _Fusion):
@@ -196,6 +206,15 @@ class GatedSynergySeg(keras.Model):
             self.low_scale, self.tile_model = submodel.pooled_context_models()
         else:
             self.low_scale = self.tile_model = None
+        self.inference_rewrites = bool(inference_rewrites)
+        low = self.low_scale if pooling == "low" else submodel
+        tiles = self.tile_model if pooling == "low" else submodel
+        if self.inference_rewrites:
+            # Windows are never larger than a tile and its margins: exact for every window.
+            window = tile_size + 2 * margin
+            low, tiles = fold_batchnorm(low), rewrite_for_inference(tiles, (window, window))
+        # What runs: the low scale on the half-resolution image, the high scale on the windows.
+        self.low_pass, self.tile_pass = low, tiles
         # Every weight already exists (the submodel's): built for any image size.
         self.build((None, None, None, 3))
 
@@ -238,9 +257,9 @@ class GatedSynergySeg(keras.Model):
         h, w = spatial_size(images)
         image_lo = self.downsample(images)
         if self.pooling == "low":
-            s_lo, context = self.low_scale(image_lo, training=False)
+            s_lo, context = self.low_pass(image_lo, training=False)
         else:
-            s_lo, context = self.submodel(image_lo, training=False), None
+            s_lo, context = self.low_pass(image_lo, training=False), None
         s_lo = ops.cast(s_lo, "float32")
         up_lo = resize_bilinear(s_lo, (h, w))
         # One meaning for "uncertainty" (SynergySeg's UncertaintyMask): the low scale's, then upsampled.
@@ -295,9 +314,9 @@ class GatedSynergySeg(keras.Model):
         classes = self.num_classes
 
         if context is None:
-            s_hi_tiles = self.submodel(windows, training=False)
+            s_hi_tiles = self.tile_pass(windows, training=False)
         else:
-            s_hi_tiles = self.tile_model([windows, ops.take(context, image_index, axis=0)], training=False)
+            s_hi_tiles = self.tile_pass([windows, ops.take(context, image_index, axis=0)], training=False)
         s_hi_tiles = ops.cast(s_hi_tiles, "float32")
 
         # Crop each tile (its margin off) and write it by index into a canvas padded to whole tiles
@@ -348,6 +367,7 @@ class GatedSynergySeg(keras.Model):
             "threshold": self.threshold,
             "max_tiles": self.max_tiles,
             "pooling": self.pooling,
+            "inference_rewrites": self.inference_rewrites,
         }
 
     @classmethod
@@ -356,27 +376,30 @@ class GatedSynergySeg(keras.Model):
 
 
 def gated_synergyseg(model, tile_size=DEFAULT_TILE_SIZE, margin=DEFAULT_MARGIN, fraction=None, threshold=None,
-                     max_tiles=None, pooling=DEFAULT_POOLING, scale_outputs=False):
-    """A `GatedSynergySeg` sharing a trained SynergySeg model's submodel and fusion (nothing copied).
+                     max_tiles=None, pooling=DEFAULT_POOLING, scale_outputs=False, inference_rewrites=True):
+    """A `GatedSynergySeg` sharing a trained SynergySeg model's submodel and fusion (nothing retrained).
 
     Args:
-        model: a `SynergySeg` fused at the input size (`fuse_at="input"`), or a two-scale model
-            saved by an older version.
-        tile_size, margin, fraction, threshold, max_tiles, pooling, scale_outputs: as in
-            `GatedSynergySeg`; fraction and threshold both None means `DEFAULT_FRACTION`.
+        model: a `SynergySeg`, or a two-scale model saved by an older version. Tiles are fused
+            at the input size, so a model fused at the decoder (`fuse_at="decoder"`) is gated as
+            its input-fused form, `model.with_fusion(fuse_at="input")` (the same weights): at
+            fraction 1 with one tile the gated model is that model, not the decoder-fused one.
+        tile_size, margin, fraction, threshold, max_tiles, pooling, scale_outputs,
+        inference_rewrites: as in `GatedSynergySeg`; fraction and threshold both None means
+            `DEFAULT_FRACTION`.
 
     Example:
         >>> gated = gated_synergyseg(keras.models.load_model("runs/synthetic/best.keras"), fraction=0.25)
     """
     model = as_synergyseg(model)
     if model.fuse_at != "input":
-        # The tiles are fused at the input size; a model fused on its head's grid computes another
-        # function, so gating it would not be the same model with less work.
-        raise ValueError(f"gated inference fuses at the input size; this model fuses at "
-                         f"fuse_at={model.fuse_at!r}: pass model.with_fusion(fuse_at='input') to gate it")
+        # The paste needs each scale's probabilities at the input size (the submodel's output) and
+        # fuses there: the input-fused model of the same submodel and fusion.
+        model = model.with_fusion(fuse_at="input")
     return GatedSynergySeg(model.submodel, model.fusion, tile_size=tile_size, margin=margin, fraction=fraction,
                            threshold=threshold, max_tiles=max_tiles, pooling=pooling,
-                           scale_outputs=scale_outputs, class_names=model.class_names, palette=model.palette,
+                           scale_outputs=scale_outputs, inference_rewrites=inference_rewrites,
+                           class_names=model.class_names, palette=model.palette,
                            name=f"gated_{model.name}", dtype=model.dtype_policy)
 
 
