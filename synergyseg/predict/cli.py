@@ -8,8 +8,10 @@ Examples:
 
 MODEL is a train.py run folder, a .keras file, an exported SavedModel folder (or the export
 folder holding it) or an exported .tflite file. Per image NAME it writes NAME_labels.png (class
-ids), NAME_color.png, NAME_overlay.png and NAME_uncertainty.png (two-scale models); per video
-NAME_overlay.mp4, printing its FPS. Existing outputs are kept unless --overwrite.
+ids), NAME_color.png, NAME_overlay.png and NAME_uncertainty.png (two-scale models, and exports
+that serve it); per video NAME_overlay.mp4, printing its FPS. Existing outputs are kept unless
+--overwrite. An export of only some outputs (export --outputs) works: without probabilities its
+served class map is the result and --flip is refused.
 """
 
 import argparse
@@ -52,6 +54,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _describe_outputs(segmenter):
+    """What a model without some outputs changes, said once (not per image)."""
+    if not segmenter.has_probabilities:
+        stride = segmenter.class_map_stride
+        cells = (f" (taken at 1/{stride} of the size, repeated over {stride}x{stride} cells)"
+                 if stride > 1 else "")
+        print(f"No 'probabilities' output: the class maps are its 'class_map'{cells}")
+    if not segmenter.two_scale:
+        print("No 'uncertainty' output: no NAME_uncertainty.png is written")
+
+
 def main(argv=None):
     args = parse_args(argv)
     options = PredictOptions(
@@ -62,6 +75,7 @@ def main(argv=None):
         segmenter = Segmenter(args.model, jit_compile=args.xla, gated=args.gated)
         print(f"Model: {segmenter.source} ({segmenter.form}, {segmenter.num_classes} classes"
               f"{', with uncertainty' if segmenter.two_scale else ''})")
+        _describe_outputs(segmenter)
         summary = predict_files(segmenter, args.inputs, args.out, options)
     except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,7 +4,8 @@ Per image `NAME.*`, in the output folder:
     NAME_labels.png        class ids, one channel (train ids; official ids with cityscapes_ids)
     NAME_color.png         the class map in the model's colours
     NAME_overlay.png       the colours blended over the image (opacity)
-    NAME_uncertainty.png   the low scale's uncertainty, 0 = certain .. 255 (two-scale models)
+    NAME_uncertainty.png   the low scale's uncertainty, 0 = certain .. 255 (two-scale models and
+                           exports that serve it)
 Per video `NAME.*`: NAME_overlay.mp4, same frame count, size and frame rate.
 A file inside an input folder keeps its path below that folder (`photos/a/x.jpg` -> `OUT/a/x_*`).
 """
@@ -65,6 +66,7 @@ def _check(segmenter, out_dir, options):
     if options.cityscapes_ids and segmenter.num_classes != CITYSCAPES.num_classes:
         raise ValueError(f"cityscapes_ids needs a Cityscapes model ({CITYSCAPES.num_classes} classes); "
                          f"{segmenter.source!r} predicts {segmenter.num_classes}")
+    segmenter.check_options(resize_factor=options.resize_factor, flip=options.flip)
 
 
 def _plan(segmenter, inputs, out_dir, options, log):

@@ -1,13 +1,17 @@
-"""One runner per saved form of a model: float RGB batch in, fused probabilities and uncertainty out.
+"""One runner per saved form of a model: float RGB batch in, its served maps out by name.
 
 Every runner has the same small surface, so `Segmenter` does resizing, flipping and the argmax
 once for all forms:
 
-    runner.num_classes      classes of the probabilities
+    runner.outputs          the maps it returns, names of `SERVING_OUTPUTS`: "probabilities"
+                            and "uncertainty" for a Keras model (the latter two-scale only);
+                            an export's own outputs (`export_model(outputs=...)`)
+    runner.num_classes      classes of the probabilities, or None when it returns none
     runner.input_size       (height, width) the model needs (TFLite), or None for any size
     runner.two_scale        True when it returns the low scale's uncertainty
-    runner(images)          float32 (B, h, w, 3) RGB in [0, 255] ->
-                            (probabilities (B, h, w, C) float32, uncertainty (B, h, w) or None)
+    runner(images)          float32 (B, h, w, 3) RGB in [0, 255] -> {name: map} of `outputs`:
+                            "probabilities" (B, h, w, C) float32, "class_map" (B, h, w) int32,
+                            "uncertainty" (B, h, w) float32
 """
 
 import os
@@ -16,10 +20,20 @@ import numpy as np
 import tensorflow as tf
 
 from synergyseg.export.saved_model import SIGNATURE_KEY
-from synergyseg.export.serving import PROBABILITIES
+from synergyseg.export.serving import CLASS_MAP, PROBABILITIES, SERVING_OUTPUTS
 from synergyseg.models.names import FUSED, UNCERTAINTY
 from synergyseg.models.synergy import SynergySeg
 from synergyseg.run_folder import non_finite_variables
+
+
+def _served(path, kind, names):
+    """The outputs of `SERVING_OUTPUTS` an export's signature returns (`names`), or ValueError."""
+    served = tuple(name for name in SERVING_OUTPUTS if name in names)
+    if CLASS_MAP not in served and PROBABILITIES not in served:
+        raise ValueError(f"{kind} {path!r} is not a synergyseg export: its signature returns "
+                         f"{sorted(names)}, neither {CLASS_MAP!r} nor {PROBABILITIES!r}; "
+                         "export it with synergyseg.export")
+    return served
 
 
 def _to_uint8(images):
@@ -51,6 +65,7 @@ class KerasRunner:
         else:
             self.model = model.with_fusion(scale_outputs=True) if self.two_scale else model
         self.num_classes = int(model.num_classes if self.two_scale else model.output_shape[-1])
+        self.outputs = (PROBABILITIES, UNCERTAINTY) if self.two_scale else (PROBABILITIES,)
         self.input_size = None
         self.jit_compile = bool(jit_compile)
         self._run = tf.function(self._probabilities, jit_compile=self.jit_compile, input_signature=[
@@ -64,7 +79,9 @@ class KerasRunner:
 
     def __call__(self, images):
         probabilities, uncertainty = self._run(tf.constant(images, tf.float32))
-        return probabilities.numpy(), uncertainty.numpy() if self.two_scale else None
+        if not self.two_scale:
+            return {PROBABILITIES: probabilities.numpy()}
+        return {PROBABILITIES: probabilities.numpy(), UNCERTAINTY: uncertainty.numpy()}
 
 
 class SavedModelRunner:
@@ -83,18 +100,15 @@ class SavedModelRunner:
         if bad:
             raise ValueError(f"{self.path}: variable {bad[0]} holds NaN or infinity; the model "
                              "diverged and is refused (export a checkpoint saved before that)")
-        outputs = self._serve.structured_outputs
-        if PROBABILITIES not in outputs:
-            raise ValueError(f"SavedModel {self.path!r} has no {PROBABILITIES!r} output; "
-                             "export it with synergyseg.export")
-        self.num_classes = int(outputs[PROBABILITIES].shape[-1])
-        self.two_scale = UNCERTAINTY in outputs
+        specs = self._serve.structured_outputs
+        self.outputs = _served(self.path, "SavedModel", specs)
+        self.num_classes = int(specs[PROBABILITIES].shape[-1]) if PROBABILITIES in self.outputs else None
+        self.two_scale = UNCERTAINTY in self.outputs
         self.input_size = None
 
     def __call__(self, images):
-        outputs = self._serve(images=tf.constant(_to_uint8(images)))
-        uncertainty = outputs[UNCERTAINTY].numpy()[..., 0] if self.two_scale else None
-        return outputs[PROBABILITIES].numpy(), uncertainty
+        served = self._serve(images=tf.constant(_to_uint8(images)))
+        return _unpack({name: served[name].numpy() for name in self.outputs})
 
 
 class TFLiteRunner:
@@ -113,20 +127,33 @@ class TFLiteRunner:
         except Exception as e:  # the interpreter raises ValueError/RuntimeError for foreign files
             raise ValueError(f"Cannot load {self.path!r} as a synergyseg TFLite model "
                              f"(signature {SIGNATURE_KEY!r}): {e}") from e
-        if "images" not in inputs or PROBABILITIES not in outputs:
+        if "images" not in inputs:
             raise ValueError(f"TFLite file {self.path!r} is not a synergyseg export: its signature "
                              f"takes {sorted(inputs)} and returns {sorted(outputs)}")
+        self.outputs = _served(self.path, "TFLite file", outputs)
         _, height, width, _ = (int(v) for v in inputs["images"]["shape"])
         self.input_size = (height, width)
-        self.num_classes = int(outputs[PROBABILITIES]["shape"][-1])
-        self.two_scale = UNCERTAINTY in outputs
+        self.num_classes = (int(outputs[PROBABILITIES]["shape"][-1]) if PROBABILITIES in self.outputs
+                            else None)
+        self.two_scale = UNCERTAINTY in self.outputs
 
     def __call__(self, images):
-        probabilities, uncertainty = [], []
+        maps = {name: [] for name in self.outputs}
         for image in _to_uint8(images):
-            out = self._runner(images=image[None])
-            probabilities.append(np.asarray(out[PROBABILITIES], np.float32))
-            if self.two_scale:
-                uncertainty.append(np.asarray(out[UNCERTAINTY], np.float32)[..., 0])
-        return (np.concatenate(probabilities),
-                np.concatenate(uncertainty) if self.two_scale else None)
+            served = self._runner(images=image[None])
+            for name in self.outputs:
+                maps[name].append(np.asarray(served[name]))
+        return _unpack({name: np.concatenate(batches) for name, batches in maps.items()})
+
+
+def _unpack(served):
+    """An export's maps as runners return them: float32 probabilities, int32 class map, (B, h, w)
+    uncertainty (the signature's (B, h, w, 1))."""
+    maps = {}
+    if PROBABILITIES in served:
+        maps[PROBABILITIES] = served[PROBABILITIES].astype(np.float32, copy=False)
+    if CLASS_MAP in served:
+        maps[CLASS_MAP] = served[CLASS_MAP].astype(np.int32, copy=False)
+    if UNCERTAINTY in served:
+        maps[UNCERTAINTY] = served[UNCERTAINTY].astype(np.float32, copy=False)[..., 0]
+    return maps

@@ -5,6 +5,11 @@
     result = segmenter.predict("street.jpg")                  # class map at the picture's size
     result.class_map, result.uncertainty                      # (H, W) uint8, (H, W) float32
     picture = segmenter.overlay("street.jpg", result.class_map, opacity=0.5)
+
+An export may serve only some outputs (`export_model(outputs=...)`): without "probabilities" its
+"class_map" is the class map (resized nearest-neighbour to the picture's size where the model
+ran at another), and options that need probabilities are refused; without "uncertainty",
+`result.uncertainty` is None.
 """
 
 import dataclasses
@@ -15,7 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from synergyseg.data.info import colorize
-from synergyseg.export.metadata import read_metadata
+from synergyseg.export.metadata import metadata_path, read_metadata
+from synergyseg.export.serving import CLASS_MAP, PROBABILITIES
+from synergyseg.models.names import UNCERTAINTY
 from synergyseg.predict import io
 from synergyseg.predict.runners import KerasRunner, SavedModelRunner, TFLiteRunner
 from synergyseg.run_folder import RUN_CHECKPOINTS, check_finite, class_info, load_model
@@ -34,7 +41,7 @@ class Segmentation:
     Attributes:
         class_map: (H, W) class ids (train ids 0..num_classes-1), uint8 up to 256 classes.
         uncertainty: (H, W) float32 in [0, 1], the low scale's uncertainty mask (two-scale
-            models only, else None).
+            models and exports that serve it only, else None).
         probabilities: (H, W, num_classes) float32 fused probabilities, when asked for.
     """
 
@@ -82,6 +89,8 @@ class Segmenter:
     exported SavedModel folder (or the export folder holding it) or an exported `.tflite` file.
     Class names and colours come with the model: from the model itself, its run folder's
     dataset, or the export folder's metadata.json; a model with none gets evenly spread hues.
+    An export that serves a class map but no probabilities needs its metadata.json (the number
+    of classes); the options that need probabilities (`probabilities`, `flip`) are refused for it.
 
     Args:
         model: a path as above, or a loaded Keras model (SynergySeg or single-scale).
@@ -98,6 +107,10 @@ class Segmenter:
 
     def __init__(self, model, *, jit_compile=None, num_threads=None, gated=None):
         names = palette = None
+        self._num_classes = None  # the runner's, else the export's metadata.json's
+        # The stride of the class maps `predict` returns: 1 (the argmax of full-size probabilities)
+        # but for an export read through its served class map (its metadata.json's stride).
+        self.class_map_stride = 1
         if isinstance(model, keras.Model):
             self.source, self.form = model.name, "keras"
             check_finite(model, f"model {model.name!r}")
@@ -116,26 +129,53 @@ class Segmenter:
                 self.runner = (SavedModelRunner(self.source) if self.form == "saved_model"
                                else TFLiteRunner(self.source, num_threads))
                 names, palette = self._export_classes()
+        self._num_classes = self._num_classes or self.runner.num_classes
+        if self._num_classes is None:
+            raise ValueError(
+                f"{self.source!r} serves {CLASS_MAP!r} without {PROBABILITIES!r}, so only "
+                f"{metadata_path(self.source)!r} beside it could give its number of classes, and "
+                "there is none: keep the export folder's metadata.json with the model")
         generic_names, generic_colors = generic_palette(self.num_classes)
         self.class_names = list(names) if names is not None else generic_names
         self.palette = [list(map(int, c)) for c in palette] if palette is not None else generic_colors
 
     def _export_classes(self):
+        """Names and colours from the export's metadata.json, checked against the artifact; it also
+        gives the number of classes of an artifact without probabilities."""
         values = read_metadata(self.source)
         if values is None:
             return None, None
-        if values["num_classes"] != self.num_classes:
-            from synergyseg.export.metadata import metadata_path
-
+        another = ("the file comes from another export; export the model again or keep each "
+                   "export in its own folder")
+        num_classes = self.runner.num_classes
+        if num_classes is not None and values["num_classes"] != num_classes:
             raise ValueError(
-                f"{self.source!r} predicts {self.num_classes} classes but {metadata_path(self.source)!r} "
-                f"beside it describes a model of {values['num_classes']}: the file comes from "
-                "another export; export the model again or keep each export in its own folder")
+                f"{self.source!r} predicts {num_classes} classes but {metadata_path(self.source)!r} "
+                f"beside it describes a model of {values['num_classes']}: {another}")
+        if set(values["outputs"]) != set(self.runner.outputs):
+            raise ValueError(
+                f"{self.source!r} serves {list(self.runner.outputs)} but {metadata_path(self.source)!r} "
+                f"beside it records outputs {values['outputs']}: {another}")
+        self._num_classes = values["num_classes"]
+        if not self.has_probabilities:
+            self.class_map_stride = values["class_map_stride"]
         return values.get("class_names"), values.get("palette")
 
     @property
     def num_classes(self):
-        return self.runner.num_classes
+        return self._num_classes
+
+    @property
+    def outputs(self):
+        """The maps the model gives, names of `export.SERVING_OUTPUTS` ("class_map",
+        "probabilities", "uncertainty"): an export's own, the probabilities (and a two-scale
+        model's uncertainty) for a Keras model."""
+        return self.runner.outputs
+
+    @property
+    def has_probabilities(self):
+        """False for an export that serves a class map without the probabilities."""
+        return PROBABILITIES in self.runner.outputs
 
     @property
     def two_scale(self):
@@ -149,7 +189,23 @@ class Segmenter:
 
     def __repr__(self):
         return (f"Segmenter({self.source!r}, form={self.form!r}, num_classes={self.num_classes}, "
-                f"two_scale={self.two_scale})")
+                f"two_scale={self.two_scale}, outputs={list(self.outputs)})")
+
+    def check_options(self, *, probabilities=False, resize_factor=None, flip=False):
+        """Raises ValueError naming the model and the reason when `predict` cannot take these options."""
+        if resize_factor is not None:
+            if self.input_size is not None:
+                raise ValueError(f"resize_factor does not apply to {self.source!r}: a TFLite model "
+                                 f"runs at its fixed size {self.input_size[0]}x{self.input_size[1]}")
+            if not 0 < resize_factor <= MAX_RESIZE_FACTOR:
+                raise ValueError(f"resize_factor must be in (0, {MAX_RESIZE_FACTOR}], got {resize_factor}")
+        # flip averages the probabilities of the picture and its mirror image
+        wanted = " and ".join(name for name, on in (("probabilities", probabilities), ("flip", flip)) if on)
+        if wanted and not self.has_probabilities:
+            raise ValueError(
+                f"{wanted} needs the model's {PROBABILITIES!r} output, which {self.source!r} does "
+                f"not serve (its outputs: {list(self.outputs)}): export it with {PROBABILITIES!r} "
+                f"among its outputs, or predict without {wanted}")
 
     def predict(self, images, *, probabilities=False, resize_factor=None, flip=False):
         """Segments one picture or a batch; each result is at its picture's own size.
@@ -160,19 +216,16 @@ class Segmenter:
                 sizes may differ).
             probabilities: also return the (H, W, C) fused probabilities.
             resize_factor: run the model on the picture resized by this factor (e.g. 0.5 for
-                speed); the result is resized back (bilinear probabilities, as evaluate.py).
-                Not for TFLite files, which always run at their fixed size.
+                speed); the result is resized back (bilinear probabilities, as evaluate.py; an
+                export's class map without probabilities nearest-neighbour). Not for TFLite
+                files, which always run at their fixed size (their result is resized the same way).
             flip: also run the mirrored picture and average the probabilities (test-time flip).
+            Exports without probabilities refuse `probabilities` and `flip` (`check_options`).
 
         Returns:
             A `Segmentation` for one picture, a list of them for a batch.
         """
-        if resize_factor is not None:
-            if self.input_size is not None:
-                raise ValueError(f"resize_factor does not apply to {self.source!r}: a TFLite model "
-                                 f"runs at its fixed size {self.input_size[0]}x{self.input_size[1]}")
-            if not 0 < resize_factor <= MAX_RESIZE_FACTOR:
-                raise ValueError(f"resize_factor must be in (0, {MAX_RESIZE_FACTOR}], got {resize_factor}")
+        self.check_options(probabilities=probabilities, resize_factor=resize_factor, flip=flip)
         batch, single = io.as_batch(images)
         results = [None] * len(batch)
         # Pictures of one size run together; a list of mixed sizes runs size by size.
@@ -187,18 +240,28 @@ class Segmenter:
         return results[0] if single else results
 
     def _run(self, images, flip):
-        probabilities, uncertainty = self.runner(images)
+        """`(probabilities or None, class map or None, uncertainty or None)` of a batch: the
+        probabilities where the model gives them, else its class map."""
+        maps = self.runner(images)
+        probabilities, uncertainty = maps.get(PROBABILITIES), maps.get(UNCERTAINTY)
+        if probabilities is None:
+            class_map = maps[CLASS_MAP]
+            if class_map.size and not 0 <= class_map.min() <= class_map.max() < self.num_classes:
+                raise ValueError(f"{self.source}: its class map holds ids outside 0..{self.num_classes - 1} "
+                                 f"(the {self.num_classes} classes {metadata_path(self.source)!r} "
+                                 "describes): the file comes from another export")
+            return None, class_map, uncertainty
         if not np.isfinite(probabilities).all():
             # The Keras and SavedModel forms are checked on loading; a .tflite file's weights are
             # constants, seen only through its outputs.
             raise ValueError(f"{self.source}: the model's probabilities hold NaN or infinity "
                              "(its weights are not finite: the training diverged); refused")
         if flip:
-            mirrored, mirrored_uncertainty = self.runner(images[:, :, ::-1])
-            probabilities = 0.5 * (probabilities + mirrored[:, :, ::-1])
+            mirrored = self.runner(images[:, :, ::-1])
+            probabilities = 0.5 * (probabilities + mirrored[PROBABILITIES][:, :, ::-1])
             if uncertainty is not None:
-                uncertainty = 0.5 * (uncertainty + mirrored_uncertainty[:, :, ::-1])
-        return probabilities, uncertainty
+                uncertainty = 0.5 * (uncertainty + mirrored[UNCERTAINTY][:, :, ::-1])
+        return probabilities, None, uncertainty
 
     def _predict_same_size(self, images, want_probabilities, resize_factor, flip):
         size = images.shape[1:3]
@@ -208,13 +271,17 @@ class Segmenter:
         if model_size is not None and tuple(model_size) != tuple(size):
             # As the evaluation pipeline resizes pictures: bilinear on float pixels.
             images = tf.image.resize(images, model_size, method="bilinear").numpy()
-        probabilities, uncertainty = self._run(images, flip)
-        if probabilities.shape[1:3] != size:
-            probabilities = tf.image.resize(probabilities, size, method="bilinear").numpy()
-            if uncertainty is not None:
-                uncertainty = tf.image.resize(uncertainty[..., None], size, method="bilinear").numpy()[..., 0]
-        class_maps = np.argmax(probabilities, axis=-1).astype(
-            np.uint8 if self.num_classes <= 256 else np.int32)
+        probabilities, class_maps, uncertainty = self._run(images, flip)
+        if uncertainty is not None and uncertainty.shape[1:3] != size:
+            uncertainty = tf.image.resize(uncertainty[..., None], size, method="bilinear").numpy()[..., 0]
+        if probabilities is not None:
+            if probabilities.shape[1:3] != size:
+                probabilities = tf.image.resize(probabilities, size, method="bilinear").numpy()
+            class_maps = np.argmax(probabilities, axis=-1)
+        elif class_maps.shape[1:3] != size:
+            # Class ids cannot be interpolated: each pixel takes the id of the model's pixel it falls in.
+            class_maps = tf.image.resize(class_maps[..., None], size, method="nearest").numpy()[..., 0]
+        class_maps = class_maps.astype(np.uint8 if self.num_classes <= 256 else np.int32)
         return [Segmentation(class_maps[i], None if uncertainty is None else uncertainty[i],
                              probabilities[i] if want_probabilities else None)
                 for i in range(len(images))]
