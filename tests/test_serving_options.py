@@ -162,6 +162,8 @@ def test_wrong_options_are_refused_with_the_reason(model):
         check_serving_options(model, ("class_map", "class_map"))
     with pytest.raises(ValueError, match="positive integer, got 0"):
         StridedClassMap(0)
+    with pytest.raises(ValueError, match="class_map_stride must be a positive integer, got 0"):
+        check_serving_options(model.with_fusion(fuse_at="input"), ("class_map",), 0)
     # Every entry point checks before building anything.
     with pytest.raises(ValueError, match="grid stride"):
         convert_tflite(model, (64, 128), outputs=("class_map",), class_map_stride=TOO_LARGE)

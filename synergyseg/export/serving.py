@@ -5,7 +5,7 @@ from keras import ops
 
 from synergyseg.models.names import FUSED, UNCERTAINTY
 from synergyseg.models.resize import resize_bilinear, spatial_size
-from synergyseg.models.synergy import FUSED_UPSAMPLE, as_synergyseg
+from synergyseg.models.synergy import as_synergyseg
 
 # Output names of every exported artifact (SavedModel signature, TFLite signature, ONNX outputs).
 # The exported model's outputs, by name, in every format.
@@ -34,6 +34,17 @@ class ImagesToFloat(keras.layers.Layer):
         return keras.KerasTensor(images.shape, dtype="float32")
 
 
+def argmax_int32(probabilities):
+    """int32 argmax over the last axis of non-negative maps, with builtin TFLite ops only."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # keras.ops.argmax adds a negative-zero fix built on BitwiseAnd, which TFLite has no
+        # builtin kernel for; probabilities are never negative, so plain argmax is the same.
+        return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return ops.cast(ops.argmax(probabilities, axis=-1), "int32")
+
+
 @keras.saving.register_keras_serializable(package="synergyseg")
 class ClassMap(keras.layers.Layer):
     """The predicted class of each pixel: argmax over the last axis of `(batch, h, w, classes)`, int32.
@@ -42,13 +53,7 @@ class ClassMap(keras.layers.Layer):
     """
 
     def call(self, probabilities):
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            # keras.ops.argmax adds a negative-zero fix built on BitwiseAnd, which TFLite has no
-            # builtin kernel for; probabilities are never negative, so plain argmax is the same.
-            return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return ops.cast(ops.argmax(probabilities, axis=-1), "int32")
+        return argmax_int32(probabilities)
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1]
@@ -84,7 +89,7 @@ class StridedClassMap(keras.layers.Layer):
         height, width = spatial_size(images)
         s = self.stride
         coarse = resize_bilinear(probabilities, ((height + s - 1) // s, (width + s - 1) // s))
-        classes = ClassMap()(coarse)
+        classes = argmax_int32(coarse)
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
@@ -114,6 +119,8 @@ def check_serving_options(model, outputs=SERVING_OUTPUTS, class_map_stride=1):
     unknown = [name for name in outputs if name not in SERVING_OUTPUTS]
     if not outputs or unknown or len(set(outputs)) != len(outputs):
         raise ValueError(f"outputs must be distinct names of {SERVING_OUTPUTS}, got {outputs!r}")
+    if not isinstance(class_map_stride, int) or class_map_stride < 1:
+        raise ValueError(f"class_map_stride must be a positive integer, got {class_map_stride!r}")
     if class_map_stride != 1:
         model = as_synergyseg(model)
         grid = getattr(model.submodel, "logits_stride", None)
@@ -121,7 +128,7 @@ def check_serving_options(model, outputs=SERVING_OUTPUTS, class_map_stride=1):
             raise ValueError(f"class_map_stride={class_map_stride!r} needs a model fused at the decoder "
                              f"(its fused map on the head's grid); {model.name} fuses at the "
                              f"{model.fuse_at} size: use class_map_stride=1")
-        if not isinstance(class_map_stride, int) or not 1 <= class_map_stride <= grid:
+        if class_map_stride > grid:
             raise ValueError(f"class_map_stride must be an integer from 1 to the head's grid stride "
                              f"({grid}), got {class_map_stride!r}")
         if CLASS_MAP not in outputs:
@@ -164,7 +171,7 @@ def build_serving_model(model, outputs=SERVING_OUTPUTS, class_map_stride=1):
     if UNCERTAINTY in outputs:
         needed[UNCERTAINTY] = scales.output[UNCERTAINTY]
     if class_map_stride != 1:
-        needed[_GRID] = scales.get_layer(FUSED_UPSAMPLE).input[0]
+        needed[_GRID] = scales.fused_on_grid().output
     view = keras.Model(scales.inputs, needed, name=scales.name)
     images = keras.Input((None, None, 3), dtype="uint8", name="images")
     as_float = ImagesToFloat(name="images_to_float")(images)
