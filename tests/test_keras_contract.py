@@ -54,29 +54,40 @@ def test_backbone_is_the_shared_trunk_model_and_freezing_it_keeps_its_weights():
     assert trunk_ids <= {id(w) for w in model.trainable_weights}
 
 
-@pytest.mark.parametrize("backbone, output_stride", [("mobilenetv3_small", 32), ("mobilenetv3_large_cut16", 16)])
+def _runs(graph, height, width):
+    """Whether the unchecked graph returns a finite map for a height x width image."""
+    x = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype("float32")
+    try:
+        return bool(np.isfinite(np.asarray(graph(x))).all())
+    except Exception as e:  # TensorFlow's own error, deep inside the trunk
+        assert "at least" not in str(e)
+        return False
+
+
+@pytest.mark.parametrize("backbone, output_stride", [("mobilenetv3_small", 32), ("mobilenetv3_large_cut16", 16),
+                                                     ("mobilenetv3_small_minimal", 32)])
 def test_images_below_the_smallest_size_are_refused_with_a_message(backbone, output_stride):
     model = synergyseg.build_synergyseg(3, backbone=backbone, output_stride=output_stride, head="lraspp",
                                         fuse_at="decoder")
-    smallest = 2 * output_stride  # two scales: the half-resolution branch sees half of each side
-    assert (model.min_input_size, model.with_fusion("high").min_input_size) == (smallest, output_stride)
-    x = np.random.default_rng(0).uniform(0, 255, (1, smallest, smallest + 7, 3)).astype("float32")
-    assert np.isfinite(np.asarray(model(x))).all()
-    too_small = x[:, : smallest * 3 // 4]
-    # The unchecked graph (same layers) fails or returns NaN there: the refusal is not arbitrary.
-    graph = keras.Model(model.inputs, model.outputs)
-    try:
-        out = np.asarray(graph(too_small))
-        assert not np.isfinite(out).all()
-    except Exception as e:  # TensorFlow's own error, deep inside the trunk
-        assert "at least" not in str(e)
-    for run in (model, lambda y: model.predict(y, verbose=0)):
-        with pytest.raises(ValueError, match=rf"at least {smallest}x{smallest} pixels.*got {smallest * 3 // 4}x"):
-            run(too_small)
     single = model.with_fusion("high")
-    assert np.isfinite(np.asarray(single(x[:, :output_stride, :output_stride]))).all()
-    from synergyseg.export import check_tflite_size
+    smallest = model.min_input_size
+    # The bound is exact: the same layers without the check (keras.Model on the model's graph)
+    # run at the smallest size, in either dimension alone, and fail or return NaN one pixel below.
+    for net, side in ((model, smallest), (single, single.min_input_size)):
+        graph = keras.Model(net.inputs, net.outputs)
+        assert _runs(graph, side, side + 7) and _runs(graph, side + 5, side)
+        assert not _runs(graph, side - 1, side + 7) and not _runs(graph, side + 5, side - 1)
+    # Independently of the code: a MobileNetV3 trunk needs output_stride - 1 pixels, and the
+    # half-resolution branch sees ceil(side / 2) of a side.
+    assert (single.min_input_size, smallest) == (output_stride - 1, 2 * output_stride - 3)
+    x = np.random.default_rng(0).uniform(0, 255, (1, smallest - 1, smallest + 7, 3)).astype("float32")
+    for run in (model, lambda y: model.predict(y, verbose=0)):
+        with pytest.raises(ValueError, match=rf"at least {smallest}x{smallest} pixels.*got {smallest - 1}x"):
+            run(x)
+    from synergyseg.export.tflite import MIN_TFLITE_SIZE, check_tflite_size
 
-    with pytest.raises(ValueError, match=rf"at least {smallest}(?!\d)"):
-        check_tflite_size((smallest - 1, 256), model)
-    assert check_tflite_size((smallest, smallest), model) == (smallest, smallest)
+    tflite_smallest = max(smallest, MIN_TFLITE_SIZE)
+    with pytest.raises(ValueError, match=rf"at least {tflite_smallest}(?!\d)"):
+        check_tflite_size((tflite_smallest - 1, 256), model)
+    assert check_tflite_size((tflite_smallest, tflite_smallest), model) == (tflite_smallest,) * 2
+

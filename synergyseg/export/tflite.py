@@ -40,7 +40,7 @@ def check_tflite_size(size, model=None):
     minimum = getattr(model, "min_input_size", 1)
     if height < minimum or width < minimum:
         raise ValueError(f"TFLite size {height}x{width} is too small for {model.name}: it takes at least "
-                         f"{minimum}x{minimum} (its trunk's output stride, doubled for two scales)")
+                         f"{minimum}x{minimum} (its `min_input_size`)")
     return height, width
 
 

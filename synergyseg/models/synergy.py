@@ -115,9 +115,11 @@ class SynergySeg(keras.Model):
 
     @property
     def min_input_size(self):
-        """The smallest height and width this model takes: the submodel's, doubled when the
-        half-resolution branch runs (it sees half of each side)."""
-        return getattr(self.submodel, "min_input_size", 1) * (1 if self._single else 2)
+        """The smallest height and width this model takes: the submodel's, or with the
+        half-resolution branch (it sees `ceil(side / 2)`) the smallest side whose half is the
+        submodel's."""
+        smallest = getattr(self.submodel, "min_input_size", 1)
+        return smallest if self._single else 2 * smallest - 1
 
     def check_input_size(self, shape):
         """Raises ValueError if `shape` `(batch, h, w, 3)` has a known height or width below
