@@ -72,9 +72,9 @@ def main(argv=None):
     config, no_evaluation = parse_args(argv)
     if config.backbone_width < 16 and "TF_ENABLE_ONEDNN_OPTS" not in os.environ and argv is None:
         # TF 2.21's oneDNN filter gradient of a 1x1 stride-2 convolution with 8 input channels
-        # crashes the process (README "Known issues"); TensorFlow's own kernel is fine. The flag
+        # crashes the process (docs/known-issues.md); TensorFlow's own kernel is fine. The flag
         # is read when TensorFlow loads, which the config import above did: start again with it.
-        print("backbone_width < 16: restarting with TF_ENABLE_ONEDNN_OPTS=0 (README, Known issues)",
+        print("backbone_width < 16: restarting with TF_ENABLE_ONEDNN_OPTS=0 (docs/known-issues.md)",
               flush=True)
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
         os.execv(sys.executable, [sys.executable] + sys.argv)

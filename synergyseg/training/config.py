@@ -79,7 +79,7 @@ class RunConfig:
     synthetic_train: int = 400
     synthetic_val: int = 50
     # 256x512 scenes, trained on 128x256 crops: at this size the near trucks and walls are larger
-    # than what the full-scale branch sees, so the paper's effect appears (README); at 128x256 the
+    # than what the full-scale branch sees, so the paper's effect appears (docs/model.md); at 128x256 the
     # full scale alone wins. Crops keep the step as cheap as at 128x256.
     synthetic_size: tuple = (256, 512)
 

@@ -27,7 +27,7 @@ def make_strategy(name="auto"):
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
                 "strategy='multiworker' needs the TF_CONFIG environment variable (cluster and "
-                "task index of this worker); see README 'Training on several machines'")
+                "task index of this worker); see docs/distributed.md, 'Several machines'")
         # Checked first: listing logical devices would initialise TF before collectives can be set.
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
