@@ -12,7 +12,6 @@ benchmarks/results/class_map_stride.json (--out to change).
 
 import argparse
 import datetime
-import json
 import os
 import sys
 

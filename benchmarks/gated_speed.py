@@ -20,14 +20,13 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import synergyseg  # noqa: E402  (first: TensorFlow loads without its start-up lines, synergyseg.quiet)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-import synergyseg  # noqa: E402
 from synergyseg.atomic import atomic_output, write_json  # noqa: E402
 from synergyseg.evaluation import MODEL_KEY, Predictor, evaluate_batches, validation_batches  # noqa: E402
 from synergyseg.run_folder import RunFolder, resolve_model_path  # noqa: E402

@@ -12,14 +12,12 @@ two-scale SynergySeg model, with random weights and 19 classes (speed does not d
 """
 
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import synergyseg  # noqa: E402  (first: TensorFlow loads without its start-up lines, synergyseg.quiet)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import synergyseg  # noqa: E402
 from synergyseg.evaluation.speed import device_name, measure  # noqa: E402
 from synergyseg.training.config import REALTIME_MODEL  # noqa: E402
 

@@ -15,13 +15,12 @@ import os
 import platform
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import synergyseg  # noqa: E402  (first: TensorFlow loads without its start-up lines, synergyseg.quiet)
 
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import synergyseg  # noqa: E402
 from synergyseg.models.flops import conv_flops  # noqa: E402
 
 

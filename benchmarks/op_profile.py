@@ -14,13 +14,12 @@ import glob
 import os
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import synergyseg  # noqa: E402  (first: TensorFlow loads without its start-up lines, synergyseg.quiet)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-import synergyseg  # noqa: E402
 from synergyseg.training.config import REALTIME_MODEL  # noqa: E402
 
 MODELS = {"resnet50": dict(backbone="resnet50"), "realtime": REALTIME_MODEL}

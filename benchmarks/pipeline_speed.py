@@ -19,7 +19,7 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import synergyseg  # noqa: E402  (first: TensorFlow loads without its start-up lines, synergyseg.quiet)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -52,8 +52,6 @@ def pipeline_rate(pattern, crop, batch, batches, jitter):
 def model_rate(num_classes, model_kwargs, crop, batch, steps):
     """Images/s of `model.fit`-style train steps of SynergySeg on random inputs."""
     import keras
-
-    import synergyseg
 
     model = synergyseg.build_synergyseg(num_classes, **model_kwargs)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),

@@ -42,13 +42,12 @@ import tempfile
 import time
 from importlib import metadata
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import synergyseg  # noqa: E402  (first: TensorFlow loads without its start-up lines, synergyseg.quiet)
 
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import synergyseg  # noqa: E402
 from synergyseg.data.synthetic import render_scene  # noqa: E402
 from synergyseg.export import ClassMap, ImagesToFloat, build_serving_model, check_builtin_ops  # noqa: E402
 from synergyseg.export import check_int8_scales, check_tflite_size, convert_tflite  # noqa: E402
