@@ -40,3 +40,18 @@ def test_study_trains_each_variant_writes_the_table_and_skips_finished_runs(tmp_
     again = _study(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "training" not in again.stdout and model.stat().st_mtime_ns == stamp
+
+
+def test_both_regimes_keep_the_budget_their_committed_records_were_trained_at():
+    # The main job trains fewer epochs than the study (README); the study's records were trained
+    # at 15 x 50 steps, so each regime pins its epochs instead of following the preset.
+    import importlib.util
+
+    from synergyseg.training.config import SYNTHETIC_STUDY_EPOCHS, preset
+
+    spec = importlib.util.spec_from_file_location("fusion_study", STUDY)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    assert SYNTHETIC_STUDY_EPOCHS == 15 != preset("synthetic").epochs
+    assert {name: overrides["epochs"] for name, overrides in study.REGIMES.items()} == {
+        "synthetic": 15, "large": 15}

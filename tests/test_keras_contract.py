@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 import synergyseg
-from synergyseg.models.deeplab import DeepLabV3Plus
-from synergyseg.models.lraspp import LRASPP
 
 TINY = dict(backbone="resnet18", backbone_width=16, head_filters=8, low_level_filters=8)
 
@@ -91,3 +89,18 @@ def test_images_below_the_smallest_size_are_refused_with_a_message(backbone, out
         check_tflite_size((tflite_smallest - 1, 256), model)
     assert check_tflite_size((tflite_smallest, tflite_smallest), model) == (tflite_smallest,) * 2
 
+
+
+def test_one_input_name_in_keras_and_in_every_exported_signature(model):
+    # The exported signatures' name (SavedModel, TFLite, ONNX: test_export.py reads their inputs
+    # by it) is the Keras models' too: the two-scale model, its submodel, the light head and a
+    # MobileNetV3 trunk, a model loaded back from its config, and the serving model.
+    from synergyseg.export import build_serving_model
+    from synergyseg.models.mobilenet import build_mobilenetv3
+
+    light = synergyseg.build_synergyseg(3, backbone="mobilenetv3_small_minimal", head="lraspp",
+                                        output_stride=32, fuse_at="decoder")
+    for keras_model in (model, model.submodel, model.with_fusion("average"),
+                        synergyseg.SynergySeg.from_config(model.get_config()), light, light.submodel,
+                        build_mobilenetv3("mobilenetv3_small_minimal", 32), build_serving_model(model)):
+        assert [tensor.name for tensor in keras_model.inputs] == ["images"], keras_model.name

@@ -4,6 +4,7 @@ import keras
 
 from synergyseg.atomic import atomic_output
 from synergyseg.export.serving import SERVING_OUTPUTS, build_serving_model
+from synergyseg.models.names import INPUT
 
 
 def export_onnx(model, path, opset_version=None, outputs=SERVING_OUTPUTS, class_map_stride=1):
@@ -20,7 +21,7 @@ def export_onnx(model, path, opset_version=None, outputs=SERVING_OUTPUTS, class_
         >>> class_map, probabilities, uncertainty = session.run(None, {"images": images})
     """
     serving = build_serving_model(model, outputs, class_map_stride)
-    signature = [keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name="images")]
+    signature = [keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name=INPUT)]
     with atomic_output(path) as tmp:
         serving.export(tmp, format="onnx", input_signature=signature, verbose=False,
                        opset_version=opset_version)

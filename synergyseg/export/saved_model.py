@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from synergyseg.atomic import atomic_output
 from synergyseg.export.serving import SERVING_OUTPUTS, build_serving_model
+from synergyseg.models.names import INPUT
 
 SIGNATURE_KEY = "serving_default"
 
@@ -18,7 +19,9 @@ def serving_module(serving, input_shape=(None, None, None, 3)):
     module = tf.Module()
     module.serving_variables = [v.value for v in serving.variables]
 
-    @tf.function(input_signature=[tf.TensorSpec(input_shape, tf.uint8, name="images")])
+    # No AutoGraph: nothing here to convert (the Keras model is traced as it is), and converting
+    # this closure a second time in one process fails with a warning ("closure mismatch").
+    @tf.function(input_signature=[tf.TensorSpec(input_shape, tf.uint8, name=INPUT)], autograph=False)
     def serve(images):
         return serving(images, training=False)
 

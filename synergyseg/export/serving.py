@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from synergyseg.models.names import FUSED, UNCERTAINTY
+from synergyseg.models.names import FUSED, INPUT, UNCERTAINTY
 from synergyseg.models.resize import resize_bilinear, spatial_size
 from synergyseg.models.synergy import as_synergyseg
 
@@ -173,7 +173,7 @@ def build_serving_model(model, outputs=SERVING_OUTPUTS, class_map_stride=1):
     if class_map_stride != 1:
         needed[_GRID] = scales.fused_on_grid().output
     view = keras.Model(scales.inputs, needed, name=scales.name)
-    images = keras.Input((None, None, 3), dtype="uint8", name="images")
+    images = keras.Input((None, None, 3), dtype="uint8", name=INPUT)
     as_float = ImagesToFloat(name="images_to_float")(images)
     maps = view(as_float)
     # Identity layers give each output a stable name in every format.

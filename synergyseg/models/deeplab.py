@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from synergyseg.models.names import MOBILENETS
+from synergyseg.models.names import INPUT, MOBILENETS
 from synergyseg.models.resize import ResizeLike
 from synergyseg.models.submodel import (SegmentationModel, base_config, building_policy, check_trunk,
                                         trunk_features)
@@ -104,7 +104,7 @@ class DeepLabV3Plus(SegmentationModel):
         if separable is None:
             separable = backbone in SEPARABLE_HEAD_BACKBONES
         with building_policy(dtype):
-            image = keras.Input((None, None, 3), name="image")
+            image = keras.Input((None, None, 3), name=INPUT)
             low_level, features = trunk_features(image, backbone, output_stride, backbone_width, skip_stride=4)
 
             rates = tuple(r * 16 // output_stride for r in ASPP_RATES_OS16)

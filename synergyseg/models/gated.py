@@ -311,7 +311,6 @@ class GatedSynergySeg(keras.Model):
         xs = column(x0) + row(ops.arange(win_w))
         pixel = ops.expand_dims(column(image_index * h * w), 2) + ops.expand_dims(ys, 2) * w + ops.expand_dims(xs, 1)
         windows = ops.take(ops.reshape(images, (-1, 3)), pixel, axis=0)
-        classes = self.num_classes
 
         if context is None:
             s_hi_tiles = self.tile_pass(windows, training=False)

@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from synergyseg.models.names import INPUT
 from synergyseg.models.resize import ResizeLike
 from synergyseg.models.submodel import (SegmentationModel, base_config, building_policy, check_trunk,
                                         trunk_features)
@@ -69,7 +70,7 @@ class LRASPP(SegmentationModel):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         check_trunk("LR-ASPP", backbone, output_stride, backbone_width)
         with building_policy(dtype):
-            image = keras.Input((None, None, 3), name="image")
+            image = keras.Input((None, None, 3), name=INPUT)
             skip, features = trunk_features(image, backbone, output_stride, backbone_width,
                                             skip_stride=LOGITS_STRIDE)
             super().__init__(image, lraspp(features, skip, num_classes, head_filters), name=name, **kwargs)

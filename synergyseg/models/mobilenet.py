@@ -183,7 +183,7 @@ def build_mobilenetv3(backbone="mobilenetv3_large", output_stride=16, skip_strid
     if bad:
         raise ValueError(f"skip_strides must be among 4, 8 and 16, got {tuple(skip_strides)}")
 
-    inputs = keras.Input((None, None, 3), name="image")
+    inputs = keras.Input((None, None, 3), name=names.INPUT)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
     x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv")(x)
     x = _batch_norm(x, "conv_bn")

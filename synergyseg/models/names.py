@@ -41,6 +41,10 @@ FUSIONS = ("uncertainty", "uncertainty_confidence", "low", "high", "average", "m
 # Those with no weights of their own: an ablation can swap them on one trained model.
 WEIGHTLESS_FUSIONS = tuple(name for name in FUSIONS if name != "attention")
 
+# The input's name in every form of a model: the Keras models (SynergySeg, its submodels, the
+# MobileNetV3 trunks) and the exported SavedModel, TFLite and ONNX signatures.
+INPUT = "images"
+
 # Keys of a SynergySeg model's dict outputs (`scale_outputs=True`).
 FUSED = "fused"
 S_LO = "s_lo"

@@ -6,7 +6,7 @@ import keras
 from synergyseg.models.deeplab import build_deeplabv3plus
 from synergyseg.models.fusion import HighScaleOnly, UncertaintyMask, _Fusion, fusion_name, make_fusion
 from synergyseg.models.lraspp import build_lraspp
-from synergyseg.models.names import FUSE_AT, FUSED, HEADS, S_HI, S_LO, UNCERTAINTY
+from synergyseg.models.names import FUSE_AT, FUSED, HEADS, INPUT, S_HI, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, ResizeLike
 from synergyseg.models.submodel import base_config, building_policy, check_probability_loss
 
@@ -65,7 +65,7 @@ class SynergySeg(keras.Model):
         # pass would still move BatchNorm's statistics while training).
         single = isinstance(fuse, HighScaleOnly) and not scale_outputs
         with building_policy(dtype):
-            image = keras.Input((None, None, 3), name="image")
+            image = keras.Input((None, None, 3), name=INPUT)
             if fuse_at == "input":
                 outputs = _fused_at_input(submodel, fuse, image, single, scale_outputs)
             else:
