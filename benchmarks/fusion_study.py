@@ -40,8 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from synergyseg.atomic import write_json, write_text  # noqa: E402
+from synergyseg.training.config import SYNTHETIC_STUDY_EPOCHS  # noqa: E402
 
-VARIANTS = {  # eq1 first: its seed-0 run is exactly the main job (`python train.py`)
+VARIANTS = {  # eq1 first: its seed-0 run is the main job (`python train.py`) at the study's 15 epochs
     "eq1": {"fusion": "uncertainty"},
     "single": {"fusion": "high"},
     "average": {"fusion": "average"},
@@ -49,12 +50,12 @@ VARIANTS = {  # eq1 first: its seed-0 run is exactly the main job (`python train
     "eq1_aux": {"fusion": "uncertainty", "aux_loss_weight": 0.4},
     "attention": {"fusion": "attention"},
 }
-# Both regimes use the main job's preset ("synthetic": ResNet-18 width 16, 15 x 50 steps of 8
-# crops); "large" renders the scenes at 512x1024 and trains on 256x512 crops, so near objects are
+# Both regimes use the main job's preset ("synthetic": ResNet-18 width 16, 50 steps of 8 crops an
+# epoch) at SYNTHETIC_STUDY_EPOCHS epochs (15, the main job's count when the study started); "large" renders the scenes at 512x1024 and trains on 256x512 crops, so near objects are
 # larger than what the full-scale branch sees, as on Cityscapes. Validation is at full size.
 REGIMES = {
-    "synthetic": {},
-    "large": {"synthetic_size": (512, 1024), "crop_size": (256, 512)},
+    "synthetic": {"epochs": SYNTHETIC_STUDY_EPOCHS},
+    "large": {"epochs": SYNTHETIC_STUDY_EPOCHS, "synthetic_size": (512, 1024), "crop_size": (256, 512)},
 }
 SMOKE = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "synthetic_train": 8,
          "synthetic_val": 2, "synthetic_size": (64, 128), "crop_size": (32, 64)}

@@ -38,7 +38,7 @@ from synergyseg.models.names import UNCERTAINTY  # noqa: E402
 from synergyseg.run_folder import load_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_speed import cpu_name  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 # The settings: 0 is the low scale alone, 1 every tile.
 FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.6, 1.0)

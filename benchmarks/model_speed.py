@@ -3,16 +3,21 @@
 Examples:
     python benchmarks/model_speed.py                      # ResNet-50, 512x1024, batch 1
     python benchmarks/model_speed.py --height 256 --width 512 --repeats 5
+    python benchmarks/model_speed.py --fuse-at input      # the two-scale model one way only
 
-Prints time per forward pass (median), conv FLOPs counted from the model, GFLOP/s, the two-scale
-/ single-scale time ratio next to the FLOP ratio (1.25 in theory), with and without XLA, and a
-large float32 matmul's GFLOP/s as this machine's ceiling.
+Prints time per forward pass (median of round-robin rounds), conv FLOPs counted from the model,
+GFLOP/s, the two-scale / single-scale time ratio next to the FLOP ratio (1.25 in theory), with and
+without XLA, and a large float32 matmul's GFLOP/s as this machine's ceiling. The two-scale model
+is timed fused at the input size and at the decoder's resolution (`fuse_at`, same weights). After
+building, it waits for the machine to be idle (machine.py) and records the load before and after
+timing in --out (JSON).
 """
 
 import argparse
 import datetime
 import os
-import platform
+import shlex
+import sys
 import time
 
 import synergyseg  # noqa: E402  (first: TensorFlow loads without its start-up lines, synergyseg.quiet)
@@ -21,7 +26,13 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from synergyseg.atomic import write_json  # noqa: E402
 from synergyseg.models.flops import conv_flops  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import OthersCPU, cpu_name, load_record, wait_for_idle  # noqa: E402
+
+FUSE_AT = ("input", "decoder")
 
 
 def median_seconds(fns, x, repeats, warmup=2):
@@ -39,20 +50,15 @@ def median_seconds(fns, x, repeats, warmup=2):
 
 
 def matmul_gflops(n=4096, repeats=5):
+    """This machine's float32 matmul GFLOP/s, the larger of TensorFlow's and numpy's (BLAS) kernels
+    on an n x n product: the ceiling a convolution's GFLOP/s is compared with. (Here TensorFlow's
+    own matmul ran at 63, numpy's at 103, ResNet-50's convolutions at 94.)"""
     a = tf.random.normal((n, n))
     f = tf.function(lambda a: tf.matmul(a, a))
-    return 2 * n**3 / median_seconds([f], a, repeats)[0] / 1e9
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    b = a.numpy()
+    tf_rate = 2 * n**3 / median_seconds([f], a, repeats)[0] / 1e9
+    numpy_rate = 2 * n**3 / median_seconds([lambda b: b @ b], b, repeats)[0] / 1e9
+    return {"tensorflow": round(tf_rate, 1), "numpy": round(numpy_rate, 1)}
 
 
 def main():
@@ -62,7 +68,17 @@ def main():
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fuse-at", default=",".join(FUSE_AT),
+                        help="comma list of where the two-scale model fuses (default: both)")
+    parser.add_argument("--no-xla", action="store_true", help="time the tf.function path only")
+    parser.add_argument("--idle-wait", type=float, default=300,
+                        help="seconds to wait for the load our model builds raised to fall below 0.5")
+    parser.add_argument("--out", default=None, help="JSON file for the results (default: none)")
     args = parser.parse_args()
+    fuse_ats = args.fuse_at.split(",")
+    if not set(fuse_ats) <= set(FUSE_AT):
+        parser.error(f"--fuse-at: expected a comma list of {FUSE_AT}, got {args.fuse_at!r}")
+    start = load_record()
 
     two_scale = synergyseg.build_synergyseg(args.num_classes, backbone=args.backbone)
     single = synergyseg.submodel_of(two_scale)
@@ -70,28 +86,54 @@ def main():
     flops_single = conv_flops(single, h, w)
     flops_two = flops_single + conv_flops(single, (h + 1) // 2, (w + 1) // 2)
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, h, w, 3)).astype("float32"))
+    models = [("single-scale", single, flops_single)] + [
+        (f"two-scale (fused at {where})", two_scale.with_fusion(fuse_at=where), flops_two)
+        for where in fuse_ats]
+    fns, rows = [], []
+    for jit in (False,) if args.no_xla else (False, True):
+        for label, model, flops in models:
+            fns.append(tf.function(lambda t, m=model: m(t, training=False), jit_compile=jit))
+            rows.append(("XLA" if jit else "tf.function", label, flops))
 
     devices = [d.device_type for d in tf.config.list_physical_devices()]
     print(f"# {datetime.date.today()}  {cpu_name()}  {os.cpu_count()} cores  devices={devices}")
     print(f"# tensorflow {tf.__version__}, keras {keras.__version__}, {args.backbone}, {h}x{w}, batch 1")
-    ceiling = matmul_gflops()
-    print(f"matmul 4096^2 float32: {ceiling:.1f} GFLOP/s (ceiling)")
+    print(f"# load at start: {start['uptime']}", flush=True)
+    before = wait_for_idle(args.idle_wait)
+    print(f"# load before timing: {before['uptime']}", flush=True)
+    with OthersCPU() as others:
+        matmul = matmul_gflops()
+        seconds = median_seconds(fns, x, args.repeats)
+    end = load_record()
+    ceiling = max(matmul.values())
+    print(f"matmul 4096^2 float32: TensorFlow {matmul['tensorflow']:.1f}, numpy {matmul['numpy']:.1f} "
+          f"GFLOP/s (ceiling: the larger)")
     print("| path | model | ms / image | conv GFLOPs | GFLOP/s | % of matmul |")
     print("|---|---|---:|---:|---:|---:|")
-    models = (("single-scale", single, flops_single), ("two-scale", two_scale, flops_two))
-    fns, rows = [], []
-    for jit in (False, True):
-        for label, model, flops in models:
-            fns.append(tf.function(lambda t, m=model: m(t, training=False), jit_compile=jit))
-            rows.append(("XLA" if jit else "tf.function", label, flops))
-    seconds = median_seconds(fns, x, args.repeats)
+    table = []
     for (path, label, flops), t in zip(rows, seconds):
         rate = flops / t / 1e9
+        table.append(dict(path=path, model=label, ms=round(1000 * t, 1), gflops=round(flops / 1e9, 1),
+                          gflop_per_s=round(rate, 1), percent_of_matmul=round(100 * rate / ceiling, 1)))
         print(f"| {path} | {label} | {1000 * t:.0f} | {flops / 1e9:.1f} | {rate:.1f} | {100 * rate / ceiling:.0f}% |")
-    ratios = {"tf.function": seconds[1] / seconds[0], "XLA": seconds[3] / seconds[2]}
     print(f"two-scale / single-scale FLOPs: {flops_two / flops_single:.3f}")
-    for path, r in ratios.items():
-        print(f"two-scale / single-scale time ({path}): {r:.3f}")
+    time_ratios = {}
+    for path in dict.fromkeys(row[0] for row in rows):
+        times = {label: t for (p, label, _), t in zip(rows, seconds) if p == path}
+        for label, t in times.items():
+            if label != "single-scale":
+                time_ratios[f"{label} / single-scale ({path})"] = round(t / times["single-scale"], 3)
+    for name, ratio in time_ratios.items():
+        print(f"{name} time: {ratio:.3f}")
+    print(f"# load after timing: {end['uptime']}; other processes' CPU share while timing: {others.share}")
+    if args.out:
+        write_json(args.out, dict(
+            command=shlex.join([sys.executable, *sys.argv]), cpu=cpu_name(), cores=os.cpu_count(),
+            tensorflow=tf.__version__, keras=keras.__version__, backbone=args.backbone,
+            size=f"{h}x{w}", repeats=args.repeats, matmul_gflop_per_s=matmul,
+            load=dict(start=start, before_timing=before, end=end), others_cpu_share=others.share,
+            rows=table, flop_ratio=round(flops_two / flops_single, 3), time_ratios=time_ratios))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
-"""Train every real-time head x trunk option on the main job's budget; tabulate mIoU and the fusion ablation.
+"""Train every real-time head x trunk option on the fusion study's budget (15 x 50 steps); tabulate mIoU and the fusion ablation.
 
     python benchmarks/realtime_options.py             # every option + today's realtime, resumable
     python benchmarks/realtime_options.py --options realtime-lraspp-large-cut16,realtime-deeplab-large16
     python benchmarks/realtime_options.py --fuse-at input   # train with eq. 1 at the input size instead
+    python benchmarks/realtime_options.py --options realtime,realtime-lraspp-large-cut16 --seeds 0 1 2
     python benchmarks/realtime_options.py --smoke     # 2 options x 2 steps on a tiny set: the plumbing only
 
-Each option is `python train.py --preset NAME` (the synthetic preset's data, recipe and seed: the
-main job's budget, 15 x 50 steps of 8 crops, about 5-6 min each on 2 idle cores) into its own
-run folder, RUNS/NAME (RUNS/NAME-fuse-input with --fuse-at input). A run folder that holds
+Each option is `python train.py --preset NAME` (the synthetic preset's data, recipe and seed at the
+fusion study's budget, 15 x 50 steps of 8 crops, about 5-6 min each on 2 idle cores) into its own
+run folder, RUNS/NAME (RUNS/NAME-fuse-input with --fuse-at input, RUNS/NAME-seedN for a seed other
+than the preset's, passed to train.py as --seed N). A run folder that holds
 metrics.json is finished and skipped; a killed run resumes from its backup (train.py). Collected
 from each folder: validation mIoU of final.keras (metrics.json) and train.py's evaluation of
 the served model (RUN/evaluation/results.json: its mIoU, the fusion ablation on the same weights,
-per-class IoU), written to benchmarks/results/realtime_options.json and a markdown table beside it.
+per-class IoU), written to benchmarks/results/realtime_options.json and a markdown table beside it:
+one row per run, and per option with several seeds the mean +- standard deviation over them.
 """
 
 import argparse
@@ -24,7 +27,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from synergyseg.atomic import write_json  # noqa: E402
+import numpy as np  # noqa: E402
+
+from synergyseg.atomic import write_json, write_text  # noqa: E402
 from synergyseg.run_folder import RunFolder  # noqa: E402
 from synergyseg.training.config import REALTIME_OPTIONS, preset  # noqa: E402
 
@@ -39,16 +44,20 @@ SMOKE_OVERRIDES = ("--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2
                    "--synthetic-size", "64x128")
 
 
-def run_dir(runs, name, fuse_at):
-    """The option's run folder (a fuse_at other than the preset's gets its own)."""
+def run_dir(runs, name, fuse_at, seed=None):
+    """The option's run folder (a fuse_at or seed other than the preset's gets its own)."""
     suffix = f"-fuse-{fuse_at}" if fuse_at and fuse_at != preset(name).fuse_at else ""
+    if seed is not None and seed != preset(name).seed:
+        suffix += f"-seed{seed}"
     return os.path.join(runs, name + suffix)
 
 
-def train(name, folder, fuse_at, extra, log):
+def train(name, folder, fuse_at, seed, extra, log):
     command = [sys.executable, os.path.join(ROOT, "train.py"), "--preset", name, "--run-dir", folder, *extra]
     if fuse_at:
         command += ["--fuse-at", fuse_at]
+    if seed is not None:
+        command += ["--seed", str(seed)]
     log(f"$ {' '.join(command)}")
     start = time.time()
     subprocess.run(command, check=True, cwd=ROOT)
@@ -61,7 +70,7 @@ def collect(name, folder):
     config = run.config()
     with open(run.metrics) as f:
         metrics = json.load(f)
-    row = {"option": name, "run_dir": folder, "head": config.head, "backbone": config.backbone,
+    row = {"option": name, "seed": config.seed, "run_dir": folder, "head": config.head, "backbone": config.backbone,
            "output_stride": config.output_stride, "fuse_at": config.fuse_at,
            "final_mean_iou": metrics["mean_iou"]}
     results = os.path.join(run.evaluation, "results.json")
@@ -80,17 +89,45 @@ def percent(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def summary(rows):
+    """Per option and fusion resolution with more than one seed: mean and (sample) standard
+    deviation of final.keras's mIoU and of the watched classes' IoU, in %."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["option"], row["fuse_at"]), []).append(row)
+    out = []
+    for (option, fuse_at), group in groups.items():
+        if len(group) < 2:
+            continue
+        def stats(values):
+            values = [100 * v for v in values if v is not None]
+            return (round(float(np.mean(values)), 2), round(float(np.std(values, ddof=1)), 2)) if len(values) > 1 else None
+        out.append({"option": option, "fuse_at": fuse_at, "seeds": sorted(r["seed"] for r in group),
+                    "final_mean_iou": stats([r["final_mean_iou"] for r in group]),
+                    **{c: stats([r.get("watched_iou", {}).get(c) for r in group]) for c in WATCHED_CLASSES}})
+    return out
+
+
 def markdown(rows):
     fusions = sorted({f for row in rows for f in row.get("ablation", {})})
-    head = ["option", "head", "trunk", "OS", "fused at", "final.keras mIoU", "evaluated mIoU",
+    head = ["option", "seed", "head", "trunk", "OS", "fused at", "final.keras mIoU", "evaluated mIoU",
             *[f"ablation: {f}" for f in fusions], *WATCHED_CLASSES]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * (len(head) - 5)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 6 + "---:|" * (len(head) - 6)]
     for row in rows:
-        cells = [row["option"], row["head"], row["backbone"], str(row["output_stride"]), row["fuse_at"],
-                 percent(row["final_mean_iou"]), percent(row.get("evaluated_mean_iou")),
+        cells = [row["option"], str(row["seed"]), row["head"], row["backbone"], str(row["output_stride"]),
+                 row["fuse_at"], percent(row["final_mean_iou"]), percent(row.get("evaluated_mean_iou")),
                  *[percent(row.get("ablation", {}).get(f)) for f in fusions],
                  *[percent(row.get("watched_iou", {}).get(c)) for c in WATCHED_CLASSES]]
         lines.append("| " + " | ".join(cells) + " |")
+    means = summary(rows)
+    if means:
+        lines += ["", "| option | fused at | seeds | final.keras mIoU, mean +- std | "
+                  + " | ".join(f"{c}, mean +- std" for c in WATCHED_CLASSES) + " |",
+                  "|---|---|---|---:|" + "---:|" * len(WATCHED_CLASSES)]
+        fmt = lambda s: "-" if s is None else f"{s[0]:.1f} +- {s[1]:.1f}"
+        for m in means:
+            lines.append(f"| {m['option']} | {m['fuse_at']} | {','.join(map(str, m['seeds']))} | "
+                         f"{fmt(m['final_mean_iou'])} | " + " | ".join(fmt(m[c]) for c in WATCHED_CLASSES) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -102,6 +139,8 @@ def main(argv=None):
                         help="comma list of presets (default: realtime and every realtime-<head>-<trunk>)")
     parser.add_argument("--fuse-at", choices=("input", "decoder"), default=None,
                         help="train every option with this fusion resolution (default: each preset's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="train each option with each of these seeds (default: the preset's seed only)")
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs"), help="where the run folders go")
     parser.add_argument("--out", default=RESULTS, help="results path without extension (.json and .md)")
     parser.add_argument("--smoke", action="store_true",
@@ -122,18 +161,19 @@ def main(argv=None):
 
     rows = []
     for name in options:
-        folder = run_dir(args.runs, name, args.fuse_at)
-        if os.path.isfile(RunFolder(folder).metrics):
-            print(f"{name}: finished in {folder}, skipped", flush=True)
-        else:
-            seconds = train(name, folder, args.fuse_at, extra, print)
-            print(f"{name}: trained in {seconds / 60:.1f} min", flush=True)
-        rows.append(collect(name, folder))
-        # Written after every run, so a killed sweep keeps what it has.
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        write_json(args.out + ".json", {"command": " ".join(sys.argv), "rows": rows})
-        with open(args.out + ".md", "w") as f:
-            f.write(markdown(rows))
+        for seed in args.seeds or [None]:
+            folder = run_dir(args.runs, name, args.fuse_at, seed)
+            if os.path.isfile(RunFolder(folder).metrics):
+                print(f"{name}: finished in {folder}, skipped", flush=True)
+            else:
+                seconds = train(name, folder, args.fuse_at, seed, extra, print)
+                print(f"{name}: trained in {seconds / 60:.1f} min", flush=True)
+            rows.append(collect(name, folder))
+            # Written after every run, so a killed sweep keeps what it has.
+            os.makedirs(os.path.dirname(args.out), exist_ok=True)
+            write_json(args.out + ".json", {"command": " ".join(sys.argv), "rows": rows,
+                                            "summary": summary(rows)})
+            write_text(args.out + ".md", markdown(rows))
     print(markdown(rows))
     print(f"wrote {args.out}.json and {args.out}.md")
 

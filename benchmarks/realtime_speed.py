@@ -31,12 +31,9 @@ the command line, in benchmarks/results/realtime_speed.json and .md (--out to ch
 """
 
 import argparse
-import datetime
 import gc
-import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,12 +51,13 @@ from synergyseg.export import check_int8_scales, check_tflite_size, convert_tfli
 from synergyseg.export import make_interpreter, undelegated_ops  # noqa: E402
 from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module  # noqa: E402
 from synergyseg.export.serving import CLASS_MAP, check_serving_options  # noqa: E402
+from synergyseg.atomic import write_json, write_text  # noqa: E402
 from synergyseg.models.flops import model_flops  # noqa: E402
 from synergyseg.run_folder import load_model, resolve_model_path  # noqa: E402
 from synergyseg.training.config import preset  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_speed import cpu_name  # noqa: E402
+from machine import MAX_LOAD, OthersCPU, cpu_name, load_record, wait_for_idle  # noqa: E402
 
 SEGFORMER = "segformer-b0"
 DEFAULT_MODELS = ("realtime", "realtime-lraspp-large-cut16", "realtime-lraspp-large-reduced",
@@ -80,12 +78,11 @@ MIT_B0 = dict(layerwise_depths=[2, 2, 2, 2], num_layers=4, hidden_dims=[32, 64, 
               layerwise_patch_sizes=[7, 3, 3, 3], layerwise_strides=[4, 2, 2, 2],
               max_drop_path_rate=0.1)
 SEGFORMER_HEAD_FILTERS = 256
-MAX_LOAD = 0.5  # issue 18: time only below this 1-minute load average
 RESULTS = "benchmarks/results/realtime_speed"
 # Seeds of the synthetic scenes for each use, apart so no scene is both calibrated on and scored.
 BATCHNORM_SEED, CALIBRATION_SEED, AGREEMENT_SEED, TIMING_SEED = 1000, 2000, 3000, 4000
 SMOKE = dict(models=("realtime", SEGFORMER), sizes=((64, 128),), rounds=1,
-             warmup=1, calibration=1, agreement=1)
+             warmup=1, calibration=1, agreement=1, idle_wait=0)
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -261,47 +258,17 @@ def _at_size(model, size):
 def tf_profiler_flops(model, size):
     """FLOPs of every op of `model`'s graph at `size` by tf.profiler (its own per-op conventions)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.util import deprecation
 
     fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec((1, *size, 3), tf.float32))
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     graph = convert_variables_to_constants_v2(fn).graph
-    return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
-
-
-# --- load -------------------------------------------------------------------------------------
-
-def load_record():
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return {"time": datetime.datetime.now().isoformat(timespec="seconds"),
-            "loadavg": [round(x, 2) for x in os.getloadavg()], "uptime": uptime}
-
-
-def busy_cpu_seconds():
-    """CPU seconds the whole machine has been busy (from /proc/stat), or None where unreadable."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-class OthersCPU:
-    """CPU time other processes took while a block ran, as a share of the machine's cores."""
-
-    def __enter__(self):
-        self.wall, self.busy, self.own = time.perf_counter(), busy_cpu_seconds(), sum(os.times()[:2])
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.perf_counter() - self.wall
-        busy = busy_cpu_seconds()
-        own = sum(os.times()[:2]) - self.own
-        self.share = (None if busy is None or self.busy is None else
-                      round(max(0.0, (busy - self.busy - own)) / (wall * os.cpu_count()), 3))
+    # The v1 profiler is the one counter of both op families; its own calls of deprecated graph
+    # utilities warn, which no caller can act on.
+    with deprecation.silence():
+        return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -573,6 +540,9 @@ def parse_args(argv=None):
                                                     "with --smoke a temporary folder)")
     parser.add_argument("--smoke", action="store_true", help="plumbing check: 64x128, 1 round, two models")
     parser.add_argument("--force", action="store_true", help=f"run even if the 1-minute load is >= {MAX_LOAD}")
+    parser.add_argument("--idle-wait", type=float, default=300,
+                        help=f"seconds to wait, after the conversions and before timing, for the load they "
+                             f"raised to fall below {MAX_LOAD} (0 with --smoke)")
     args = parser.parse_args(argv)
     if args.smoke:
         for key, value in SMOKE.items():
@@ -615,7 +585,7 @@ def main(argv=None):
     started = time.perf_counter()
     entries = prepare(args)
     prepare_s = time.perf_counter() - started
-    before = load_record()
+    before = wait_for_idle(args.idle_wait)  # after our own conversions' load
     others = {}
     for size in args.sizes:
         label = f"{size[0]}x{size[1]}"
@@ -644,10 +614,8 @@ def main(argv=None):
         wall_s=dict(prepare=round(prepare_s, 1), timing=round(timing_s, 1)),
         entries=entries, ratios=ratios(entries), notes=NOTES)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(result))
+    write_json(args.out + ".json", result, sort_keys=False)
+    write_text(args.out + ".md", markdown(result))
     print(markdown(result))
     print(f"wrote {args.out}.json and {args.out}.md")
     return 0

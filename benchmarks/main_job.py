@@ -1,0 +1,72 @@
+"""The README's first command, timed: `python train.py` in a fresh folder, end to end.
+
+    python benchmarks/main_job.py                 # writes benchmarks/results/main_job.json
+    python benchmarks/main_job.py --keep runs/mj  # keep the scenes and the run folder there
+
+Runs `python train.py --data-dir DIR/data --run-dir DIR/run` (the synthetic preset: what
+`python train.py` runs, in a folder with no scenes yet, so scene generation, training, the final
+validation and train.py's evaluation are all in the time), then records the wall time, the
+validation mIoU and per-class IoU of final.keras (what train.py prints last), the load before and
+after and the command in --out. It first waits for the machine to be idle (machine.py). The README's main-job numbers are read from that file
+(tests/test_docs.py). Run it with nothing else of ours on the machine.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from machine import cpu_name, load_record, wait_for_idle  # noqa: E402
+from synergyseg.atomic import write_json  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "main_job.json")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--keep", help="folder for the scenes and the run (default: a temporary one, removed)")
+    parser.add_argument("--out", default=RESULTS, help="results JSON (default: %(default)s)")
+    parser.add_argument("--idle-wait", type=float, default=300,
+                        help="seconds to wait first for the 1-minute load to fall below 0.5")
+    args = parser.parse_args(argv)
+    folder = args.keep or tempfile.mkdtemp(prefix="main-job-")
+    if os.path.exists(os.path.join(folder, "run")) or os.path.exists(os.path.join(folder, "data")):
+        parser.error(f"{folder} already holds data/ or run/: the timing needs a fresh folder")
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", os.path.join(folder, "data"),
+               "--run-dir", os.path.join(folder, "run")]
+    before = wait_for_idle(args.idle_wait)
+    print(f"$ {shlex.join(command)}\n# {before['uptime']}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    after = load_record()
+    with open(os.path.join(folder, "run", "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(folder, "run", "config.json")) as f:
+        config = json.load(f)
+    write_json(args.out, {
+        "command": "python train.py (" + shlex.join(["train.py", *command[2:]]) + ")",
+        "cpu": cpu_name(), "cores": os.cpu_count(), "load": {"before": before, "after": after},
+        "wall_s": round(wall, 1), "mean_iou": metrics["mean_iou"],
+        "per_class_iou": metrics["per_class_iou"],
+        "config": {k: config[k] for k in ("preset", "backbone", "backbone_width", "epochs",
+                                          "steps_per_epoch", "batch_size", "crop_size", "fusion", "seed")},
+    })
+    print(f"main job: {wall / 60:.1f} min, final.keras mIoU {100 * metrics['mean_iou']:.1f}; wrote {args.out}")
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
