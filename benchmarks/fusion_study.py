@@ -57,8 +57,9 @@ REGIMES = {
     "synthetic": {"epochs": SYNTHETIC_STUDY_EPOCHS},
     "large": {"epochs": SYNTHETIC_STUDY_EPOCHS, "synthetic_size": (512, 1024), "crop_size": (256, 512)},
 }
+# --smoke runs eagerly: two steps do not pay for tracing the training graph.
 SMOKE = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "synthetic_train": 8,
-         "synthetic_val": 2, "synthetic_size": (64, 128), "crop_size": (32, 64)}
+         "synthetic_val": 2, "synthetic_size": (64, 128), "crop_size": (32, 64), "run_eagerly": True}
 THIN = ("pole", "traffic sign", "person")
 LARGE = ("truck", "building")
 

@@ -49,10 +49,12 @@ def test_logits_match_a_numpy_lraspp_on_the_stride_8_skip(kwargs):
     model = LRASPP(4, head_filters=8, **kwargs)
     _randomize(model)
     images = _images((2, 75, 101, 3))
-    logits = model.logits_model().predict(images, verbose=0)
+    # Eager calls (no traced graph per model): the same layers and weights as predict().
+    call = lambda m, x: keras.tree.map_structure(keras.ops.convert_to_numpy, m(x, training=False))
+    logits = call(model.logits_model(), images)
     # The trunk alone (ResNets take ImageNet-normalized images, MobileNetV3 raw RGB).
     trunk_in = np.asarray(ImageNetNormalization()(images)) if kwargs["backbone"].startswith("resnet") else images
-    skip, deep = (t.astype("float64") for t in model.trunk.predict(trunk_in, verbose=0))
+    skip, deep = (t.astype("float64") for t in call(model.trunk, trunk_in))
     # Stride 8: 10x13 for ResNet's "same" padding, 9x12 for keras.applications' MobileNetV3 (floor).
     assert skip.shape[1:3] == logits.shape[1:3] in ((10, 13), (9, 12))
     assert logits.std() > 0.1  # of order 1: a wrong term would show
@@ -60,7 +62,7 @@ def test_logits_match_a_numpy_lraspp_on_the_stride_8_skip(kwargs):
     # The model's output: those logits upsampled to the input size, softmax.
     z = bilinear_resize(logits.astype("float64"), 75, 101)
     expected = np.exp(z - z.max(-1, keepdims=True))
-    np.testing.assert_allclose(model.predict(images, verbose=0), expected / expected.sum(-1, keepdims=True),
+    np.testing.assert_allclose(call(model, images), expected / expected.sum(-1, keepdims=True),
                                atol=1e-5)
 
 

@@ -114,9 +114,10 @@ def test_a_diverged_epoch_stops_the_run_before_best_keras_is_written(tmp_path):
     data.synthetic.generate(str(tmp_path / "data"), num_train=4, num_val=2, height=64, width=128,
                             seed=0, num_shards=1, workers=1, log=None)
     run = tmp_path / "run"
+    # Eagerly: four steps do not pay for tracing the training graph; the check is the callbacks'.
     config = preset("synthetic", data_dir=str(tmp_path / "data"), run_dir=str(run), epochs=2,
                     crop_size=(64, 128), batch_size=2, steps_per_epoch=2, tensorboard_images=0,
-                    **TINY)
+                    run_eagerly=True, **TINY)
     diverge = _DivergeAtEndOfFirstEpoch(config.steps_per_epoch)
     # The first epoch is always the best so far: Keras's checkpoint would save it.
     with pytest.raises(FloatingPointError, match="NaN or infinity after epoch 1") as error:

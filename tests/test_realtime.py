@@ -193,6 +193,13 @@ def test_head_is_separable_by_default_and_within_the_flop_budget():
                          "decoder_conv1_depthwise", "decoder_conv2_depthwise"]
     two_scale = conv_flops(model, 1024, 2048) + conv_flops(model, 512, 1024)
     assert two_scale < BUDGET_GFLOPS * 1e9
+
+    def large16_two_scale_gflops(**head):  # the figures in deeplab.py's SEPARABLE_HEAD_BACKBONES note
+        m = synergyseg.build_deeplabv3plus(19, backbone="mobilenetv3_large", output_stride=16, **head)
+        return (conv_flops(m, 1024, 2048) + conv_flops(m, 512, 1024)) / 1e9
+
+    assert large16_two_scale_gflops(head_filters=256, low_level_filters=48, separable=False) == pytest.approx(609.1, abs=0.1)
+    assert large16_two_scale_gflops(head_filters=128, low_level_filters=32, separable=True) == pytest.approx(62.9, abs=0.1)
     with pytest.raises(ValueError, match="backbone_width"):
         synergyseg.build_deeplabv3plus(NUM_CLASSES, backbone="mobilenetv3_large", backbone_width=32)
     with pytest.raises(ValueError, match="output_stride must be 16 or 32"):

@@ -154,8 +154,10 @@ class _FirstStepUpdate(keras.callbacks.Callback):
 def test_killed_run_resumes_at_the_same_epoch_and_step(data_dir, tmp_path):
     # The short run's learning rate: two epochs score above the zeroed weights' constant map.
     # The light model: resuming, the refusal and best.keras do not depend on the head or fusion.
+    # Eagerly (12 steps: no trace of the training graph); the short run trains compiled.
     config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=3,
-                    learning_rate=0.05, scale_range=None, **dict(LIGHT, tensorboard_images=0))
+                    learning_rate=0.05, scale_range=None, run_eagerly=True,
+                    **dict(LIGHT, tensorboard_images=0))
     with pytest.raises(_Killed):
         train(config, extra_callbacks=[_KillAtEpoch(2)], log=lambda *a: None)
     run = tmp_path / "run"
@@ -259,6 +261,13 @@ def test_mixed_precision_with_xla_on_a_cpu_is_refused_up_front(data_dir, tmp_pat
                     mixed_precision=True, jit_compile=True, **TINY)
     with pytest.raises(ValueError, match="cannot be combined on a CPU-only machine"):
         train(config, log=lambda *a: None)
+
+
+def test_run_eagerly_is_refused_with_a_compiled_graph_option():
+    for other in (dict(jit_compile=True), dict(strategy="multiworker")):
+        with pytest.raises(ValueError, match="run_eagerly=True runs no compiled graph"):
+            preset("synthetic", run_eagerly=True, **other)
+    assert preset("synthetic", run_eagerly=True).run_eagerly and not preset("synthetic").run_eagerly
 
 
 def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(tmp_path):

@@ -11,8 +11,10 @@ from synergyseg.models.weights import load_backbone_weights
 
 # ASPP atrous rates at output stride 16; DeepLabV3 doubles them at output stride 8 (halved at 32).
 ASPP_RATES_OS16 = (6, 12, 18)
-# Trunks whose head is separable by default: a plain 3x3 head would cost 10x the light trunk
-# (two-scale 1024x2048: 609 GFLOPs with 256 plain filters, 63 with 128 separable; BENCHMARKS.md).
+# Trunks whose head is separable by default: on MobileNetV3-Large (output stride 16) a plain head
+# makes the two-scale model ~10x costlier (convolutions at 1024x2048: 609 GFLOPs with 256 plain
+# filters and a 48-channel skip, 63 with 128 separable ones and 32, 19 classes; tests/test_realtime.py
+# counts both).
 SEPARABLE_HEAD_BACKBONES = MOBILENETS
 # The grid of DeepLabV3+'s logits: the decoder's stride-4 features.
 LOGITS_STRIDE = 4

@@ -71,6 +71,10 @@ class RunConfig:
     clipnorm: float | None = None
     mixed_precision: bool = False
     jit_compile: bool = False
+    # Keras's compile(run_eagerly=True): every step op by op, no traced graph. Slower per step, but
+    # a run of a few steps skips tracing the training graph (tens of seconds on a CPU), which makes
+    # it the tests' choice for short runs of tiny models; a debugging aid otherwise.
+    run_eagerly: bool = False
     strategy: str = "auto"
     seed: int = 0
     run_dir: str = "runs/synthetic"
@@ -118,6 +122,9 @@ class RunConfig:
             raise ValueError("learning_rate must be > 0; weight_decay and aux_loss_weight >= 0")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps}: expected >= 0")
+        if self.run_eagerly and (self.jit_compile or self.strategy == "multiworker"):
+            raise ValueError("run_eagerly=True runs no compiled graph: it cannot be combined with "
+                             "jit_compile=True or strategy='multiworker'")
 
     @property
     def train_files(self):

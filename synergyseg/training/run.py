@@ -326,6 +326,7 @@ def _train(config, extra_callbacks, log):
             return _train_multi_worker(config, model, optimizer, strategy, steps, info, start, log)
         with strategy.scope():
             fit_model.compile(optimizer=optimizer, jit_compile=config.jit_compile,
+                              run_eagerly=config.run_eagerly,
                               **compile_arguments(config.num_classes, config.aux_loss_weight))
             # Built now so the backup can restore its slots and step before the first batch.
             optimizer.build(fit_model.trainable_variables)
