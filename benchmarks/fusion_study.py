@@ -51,8 +51,9 @@ VARIANTS = {  # eq1 first: its seed-0 run is the main job (`python train.py`) at
     "attention": {"fusion": "attention"},
 }
 # Both regimes use the main job's preset ("synthetic": ResNet-18 width 16, 50 steps of 8 crops an
-# epoch) at SYNTHETIC_STUDY_EPOCHS epochs (15, the main job's count when the study started); "large" renders the scenes at 512x1024 and trains on 256x512 crops, so near objects are
-# larger than what the full-scale branch sees, as on Cityscapes. Validation is at full size.
+# epoch) at SYNTHETIC_STUDY_EPOCHS epochs (15, the main job's count when the study started);
+# "large" renders the scenes at 512x1024 and trains on 256x512 crops, so near objects are larger
+# than what the full-scale branch sees, as on Cityscapes. Validation is at full size.
 REGIMES = {
     "synthetic": {"epochs": SYNTHETIC_STUDY_EPOCHS},
     "large": {"epochs": SYNTHETIC_STUDY_EPOCHS, "synthetic_size": (512, 1024), "crop_size": (256, 512)},

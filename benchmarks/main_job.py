@@ -7,8 +7,9 @@ Runs `python train.py --data-dir DIR/data --run-dir DIR/run` (the synthetic pres
 `python train.py` runs, in a folder with no scenes yet, so scene generation, training, the final
 validation and train.py's evaluation are all in the time), then records the wall time, the
 validation mIoU and per-class IoU of final.keras (what train.py prints last), the load before and
-after and the command in --out. It first waits for the machine to be idle (machine.py). The README's main-job numbers are read from that file
-(tests/test_docs.py). Run it with nothing else of ours on the machine.
+after and the command in --out. It first waits for the machine to be idle (machine.py). The
+README's main-job numbers are read from that file (tests/test_docs.py). Run it with nothing else
+of ours on the machine.
 """
 
 import argparse
@@ -25,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from machine import cpu_name, load_record, wait_for_idle  # noqa: E402
+from machine import MAX_LOAD, cpu_name, load_record, wait_for_idle  # noqa: E402
 from synergyseg.atomic import write_json  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "main_job.json")
@@ -38,7 +39,7 @@ def main(argv=None):
     parser.add_argument("--keep", help="folder for the scenes and the run (default: a temporary one, removed)")
     parser.add_argument("--out", default=RESULTS, help="results JSON (default: %(default)s)")
     parser.add_argument("--idle-wait", type=float, default=300,
-                        help="seconds to wait first for the 1-minute load to fall below 0.5")
+                        help=f"seconds to wait first for the 1-minute load to fall below {MAX_LOAD}")
     args = parser.parse_args(argv)
     folder = args.keep or tempfile.mkdtemp(prefix="main-job-")
     if os.path.exists(os.path.join(folder, "run")) or os.path.exists(os.path.join(folder, "data")):

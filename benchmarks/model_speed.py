@@ -30,7 +30,7 @@ from synergyseg.atomic import write_json  # noqa: E402
 from synergyseg.models.flops import conv_flops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import OthersCPU, cpu_name, load_record, wait_for_idle  # noqa: E402
+from machine import MAX_LOAD, OthersCPU, cpu_name, load_record, wait_for_idle  # noqa: E402
 
 FUSE_AT = ("input", "decoder")
 
@@ -50,9 +50,9 @@ def median_seconds(fns, x, repeats, warmup=2):
 
 
 def matmul_gflops(n=4096, repeats=5):
-    """This machine's float32 matmul GFLOP/s, the larger of TensorFlow's and numpy's (BLAS) kernels
-    on an n x n product: the ceiling a convolution's GFLOP/s is compared with. (Here TensorFlow's
-    own matmul ran at 63, numpy's at 103, ResNet-50's convolutions at 94.)"""
+    """This machine's float32 matmul GFLOP/s in TensorFlow and in numpy (BLAS) on an n x n product;
+    the larger is the ceiling a convolution's GFLOP/s is compared with (on this project's CPU
+    TensorFlow's own matmul ran below its convolutions: BENCHMARKS.md, "Model")."""
     a = tf.random.normal((n, n))
     f = tf.function(lambda a: tf.matmul(a, a))
     b = a.numpy()
@@ -72,7 +72,7 @@ def main():
                         help="comma list of where the two-scale model fuses (default: both)")
     parser.add_argument("--no-xla", action="store_true", help="time the tf.function path only")
     parser.add_argument("--idle-wait", type=float, default=300,
-                        help="seconds to wait for the load our model builds raised to fall below 0.5")
+                        help=f"seconds to wait for the load our model builds raised to fall below {MAX_LOAD}")
     parser.add_argument("--out", default=None, help="JSON file for the results (default: none)")
     args = parser.parse_args()
     fuse_ats = args.fuse_at.split(",")
@@ -115,7 +115,9 @@ def main():
         rate = flops / t / 1e9
         table.append(dict(path=path, model=label, ms=round(1000 * t, 1), gflops=round(flops / 1e9, 1),
                           gflop_per_s=round(rate, 1), percent_of_matmul=round(100 * rate / ceiling, 1)))
-        print(f"| {path} | {label} | {1000 * t:.0f} | {flops / 1e9:.1f} | {rate:.1f} | {100 * rate / ceiling:.0f}% |")
+        row = table[-1]
+        print(f"| {path} | {label} | {row['ms']:.0f} | {row['gflops']:.1f} | {row['gflop_per_s']:.1f} | "
+              f"{row['percent_of_matmul']:.0f}% |")
     print(f"two-scale / single-scale FLOPs: {flops_two / flops_single:.3f}")
     time_ratios = {}
     for path in dict.fromkeys(row[0] for row in rows):

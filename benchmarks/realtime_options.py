@@ -89,6 +89,14 @@ def percent(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def mean_and_std(fractions):
+    """(mean, sample standard deviation) in % of the values that are not None, None for fewer than two."""
+    values = [100 * v for v in fractions if v is not None]
+    if len(values) < 2:
+        return None
+    return round(float(np.mean(values)), 2), round(float(np.std(values, ddof=1)), 2)
+
+
 def summary(rows):
     """Per option and fusion resolution with more than one seed: mean and (sample) standard
     deviation of final.keras's mIoU and of the watched classes' IoU, in %."""
@@ -99,12 +107,9 @@ def summary(rows):
     for (option, fuse_at), group in groups.items():
         if len(group) < 2:
             continue
-        def stats(values):
-            values = [100 * v for v in values if v is not None]
-            return (round(float(np.mean(values)), 2), round(float(np.std(values, ddof=1)), 2)) if len(values) > 1 else None
         out.append({"option": option, "fuse_at": fuse_at, "seeds": sorted(r["seed"] for r in group),
-                    "final_mean_iou": stats([r["final_mean_iou"] for r in group]),
-                    **{c: stats([r.get("watched_iou", {}).get(c) for r in group]) for c in WATCHED_CLASSES}})
+                    "final_mean_iou": mean_and_std([r["final_mean_iou"] for r in group]),
+                    **{c: mean_and_std([r.get("watched_iou", {}).get(c) for r in group]) for c in WATCHED_CLASSES}})
     return out
 
 

@@ -45,13 +45,13 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from synergyseg.atomic import write_json, write_text  # noqa: E402
 from synergyseg.data.synthetic import render_scene  # noqa: E402
 from synergyseg.export import ClassMap, ImagesToFloat, build_serving_model, check_builtin_ops  # noqa: E402
 from synergyseg.export import check_int8_scales, check_tflite_size, convert_tflite  # noqa: E402
 from synergyseg.export import make_interpreter, undelegated_ops  # noqa: E402
 from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module  # noqa: E402
 from synergyseg.export.serving import CLASS_MAP, check_serving_options  # noqa: E402
-from synergyseg.atomic import write_json, write_text  # noqa: E402
 from synergyseg.models.flops import model_flops  # noqa: E402
 from synergyseg.run_folder import load_model, resolve_model_path  # noqa: E402
 from synergyseg.training.config import preset  # noqa: E402

@@ -22,6 +22,13 @@ def bilinear_resize(x, out_h, out_w):
     return top[:, :, x0] * (1 - fx)[None, None, :, None] + top[:, :, x1] * fx[None, None, :, None]
 
 
+def call(model, images):
+    """`model` called eagerly on `images`, its outputs (a tensor or a dict of them) as numpy: the
+    layers and weights predict() runs, without tracing a graph per model and input size (a trace
+    costs seconds, a tiny model's call far less)."""
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, model(images, training=False))
+
+
 def random_softmax(rng, shape):
     z = rng.normal(size=shape) * 2.0
     e = np.exp(z - z.max(-1, keepdims=True))

@@ -7,7 +7,7 @@ import keras
 import synergyseg
 from synergyseg.models.lraspp import LRASPP, build_lraspp
 from synergyseg.models.preprocessing import ImageNetNormalization
-from tests.reference import all_layers, assert_save_load_round_trip, bilinear_resize
+from tests.reference import all_layers, assert_save_load_round_trip, bilinear_resize, call
 
 
 def _images(shape, seed=0):
@@ -49,8 +49,6 @@ def test_logits_match_a_numpy_lraspp_on_the_stride_8_skip(kwargs):
     model = LRASPP(4, head_filters=8, **kwargs)
     _randomize(model)
     images = _images((2, 75, 101, 3))
-    # Eager calls (no traced graph per model): the same layers and weights as predict().
-    call = lambda m, x: keras.tree.map_structure(keras.ops.convert_to_numpy, m(x, training=False))
     logits = call(model.logits_model(), images)
     # The trunk alone (ResNets take ImageNet-normalized images, MobileNetV3 raw RGB).
     trunk_in = np.asarray(ImageNetNormalization()(images)) if kwargs["backbone"].startswith("resnet") else images

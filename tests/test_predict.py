@@ -24,6 +24,7 @@ from synergyseg.evaluation import Predictor
 from synergyseg.export.metadata import METADATA_NAME, metadata, write_metadata
 from synergyseg.predict.cli import main as cli_main
 from synergyseg.run_folder import load_model
+from tests.reference import call
 
 cv2 = pytest.importorskip("cv2")  # the [video] extra, part of [test]
 
@@ -82,16 +83,15 @@ def segmenter(model):
 
 def _model_class_map(model, images):
     """The Keras model's own class map, called directly (no Predictor, no Segmenter)."""
-    return keras.ops.convert_to_numpy(model(np.asarray(images, "float32"), training=False)).argmax(-1)
+    return call(model, np.asarray(images, "float32")).argmax(-1)
 
 
 @pytest.fixture(scope="module")
 def reference(model, val_images):
     """The model's own labels and uncertainty output for the validation scenes, called directly:
     independent of the Predictor and Segmenter code that every form below goes through."""
-    outputs = synergyseg.with_fusion(model, scale_outputs=True)(val_images.astype("float32"), training=False)
-    return (keras.ops.convert_to_numpy(outputs["fused"]).argmax(-1),
-            keras.ops.convert_to_numpy(outputs["uncertainty"])[..., 0])
+    outputs = call(synergyseg.with_fusion(model, scale_outputs=True), val_images.astype("float32"))
+    return outputs["fused"].argmax(-1), outputs["uncertainty"][..., 0]
 
 
 FRESH_PROCESS_SCRIPT = r"""
@@ -206,8 +206,7 @@ def test_flip_and_resize_factor_match_evaluate(model, segmenter, predictor, val_
     # Flip: the mean of the model's probabilities on the image and on its mirror, mirrored back,
     # computed here from the model's own calls.
     x = val_images.astype("float32")
-    call = lambda images: keras.ops.convert_to_numpy(model(images, training=False))
-    flipped = (call(x) + call(x[:, :, ::-1])[:, :, ::-1]).argmax(-1)
+    flipped = (call(model, x) + call(model, x[:, :, ::-1])[:, :, ::-1]).argmax(-1)
     results = segmenter.predict(val_images, flip=True)
     # A different summation order may flip an exact tie; anything beyond a stray pixel is a bug.
     assert (np.stack([r.class_map for r in results]) == flipped).mean() > 0.999

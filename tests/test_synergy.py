@@ -5,7 +5,7 @@ import tensorflow as tf
 import keras
 from synergyseg import build_deeplabv3plus, build_synergyseg, submodel_of, with_fusion
 from synergyseg.models.resize import Downsample
-from tests.reference import all_layers, assert_save_load_round_trip, bilinear_resize, tiny_kwargs
+from tests.reference import all_layers, assert_save_load_round_trip, bilinear_resize, call, tiny_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +49,20 @@ def test_gradients_reach_shared_weights_from_both_scales(tiny):
     assert not np.allclose(grads["s_lo"].numpy(), grads["s_hi"].numpy())
 
 
-def _call(model, images):
-    """The model called eagerly, outputs as numpy: the same layers and weights as predict(), without
-    tracing a graph for each model and input size (a trace costs seconds, a tiny model's call far less)."""
-    return keras.tree.map_structure(keras.ops.convert_to_numpy, model(images, training=False))
-
-
 def test_low_scale_is_the_submodel_on_the_half_resolution_image(tiny):
     x = _images(np.random.default_rng(1), (1, 30, 42, 3))
-    out = _call(tiny, x)
+    out = call(tiny, x)
     sub = submodel_of(tiny)
-    s_lo = _call(sub, np.asarray(Downsample(2)(x)))
+    s_lo = call(sub, np.asarray(Downsample(2)(x)))
     np.testing.assert_allclose(out["s_lo"], bilinear_resize(s_lo.astype("float64"), 30, 42), atol=1e-5)
     # The same ops in another graph: oneDNN may sum in another order (up to 1.5e-6 measured).
-    np.testing.assert_allclose(out["s_hi"], _call(sub, x), atol=5e-6)
+    np.testing.assert_allclose(out["s_hi"], call(sub, x), atol=5e-6)
     np.testing.assert_allclose(out["fused"].sum(-1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 33, 47, 3), (3, 20, 17, 3), (2, 64, 64, 3)])
 def test_output_is_exactly_the_input_size(tiny, shape):
-    out = _call(tiny, _images(np.random.default_rng(2), shape))
+    out = call(tiny, _images(np.random.default_rng(2), shape))
     for key in ("fused", "s_lo", "s_hi"):
         assert out[key].shape == shape[:3] + (5,), key
     assert out["uncertainty"].shape == shape[:3] + (1,)
@@ -101,8 +95,8 @@ def test_fit_and_predict_on_datasets_of_unknown_size():
 
 def test_uint8_and_float_images_give_the_same_prediction(tiny):
     x = np.random.default_rng(4).integers(0, 256, (1, 24, 24, 3)).astype("uint8")
-    a = _call(tiny, x)["fused"]
-    b = _call(tiny, x.astype("float32"))["fused"]
+    a = call(tiny, x)["fused"]
+    b = call(tiny, x.astype("float32"))["fused"]
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -120,10 +114,10 @@ def test_save_load_round_trip_with_safe_mode(tmp_path):
 
 def test_with_fusion_swaps_fusion_on_the_same_weights(tiny):
     x = _images(np.random.default_rng(6), (1, 26, 38, 3))
-    out = _call(tiny, x)
-    average = _call(with_fusion(tiny, "average"), x)
+    out = call(tiny, x)
+    average = call(with_fusion(tiny, "average"), x)
     np.testing.assert_allclose(average, 0.5 * (out["s_lo"] + out["s_hi"]), atol=1e-6)
-    high = _call(with_fusion(tiny, "high"), x)
+    high = call(with_fusion(tiny, "high"), x)
     np.testing.assert_allclose(high, out["s_hi"], atol=1e-6)
 
 
@@ -162,7 +156,7 @@ def test_real_resnet50_two_scale_trains_one_step_at_small_resolution():
     loss = model.train_on_batch(x, y)
     assert np.isfinite(loss)
     assert not np.allclose(submodel_of(model).get_layer("classifier").kernel.numpy(), before)
-    probs = _call(model, x)
+    probs = call(model, x)
     assert probs.shape == (2, 65, 97, 19)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
@@ -174,7 +168,7 @@ def test_mixed_precision_model_still_outputs_float32_probabilities():
         model = build_synergyseg(5, scale_outputs=True, fusion="attention", **tiny_kwargs())
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    out = _call(model, _images(np.random.default_rng(8), (1, 24, 40, 3)))
+    out = call(model, _images(np.random.default_rng(8), (1, 24, 40, 3)))
     for key, value in out.items():
         assert value.dtype == np.float32, key
     np.testing.assert_allclose(out["fused"].sum(-1), 1.0, atol=1e-5)
@@ -215,11 +209,11 @@ def decoder_model():
 def test_decoder_fusion_matches_a_numpy_reference_on_the_high_scale_grid(decoder_model, fusion):
     model = decoder_model.with_fusion(fusion, scale_outputs=True)
     x = _images(np.random.default_rng(9), (2, 38, 54, 3))
-    out = _call(model, x)
+    out = call(model, x)
     logits = submodel_of(model).logits_model()
     # The submodel's logits on each scale's own grid, computed apart from the two-scale graph.
-    z_hi = _call(logits, x).astype("float64")
-    z_lo = _call(logits, np.asarray(Downsample(2)(x))).astype("float64")
+    z_hi = call(logits, x).astype("float64")
+    z_lo = call(logits, np.asarray(Downsample(2)(x))).astype("float64")
     assert z_hi.shape[1:3] == (10, 14) and z_lo.shape[1:3] == (5, 7)  # stride 4 of 38x54 and 19x27
     s_lo = _softmax(bilinear_resize(z_lo, *z_hi.shape[1:3]))  # resized to the high grid, then softmax
     s_hi = _softmax(z_hi)
@@ -252,8 +246,8 @@ def test_decoder_single_scale_skips_the_low_scale_and_bad_fuse_at_is_refused(dec
     single = decoder_model.with_fusion("high")
     assert not any(isinstance(layer, Downsample) for layer in single.layers)
     x = _images(np.random.default_rng(11), (1, 26, 34, 3))
-    np.testing.assert_allclose(_call(single, x),
-                               _call(decoder_model, x)["s_hi"], atol=1e-6)
+    np.testing.assert_allclose(call(single, x),
+                               call(decoder_model, x)["s_hi"], atol=1e-6)
     with pytest.raises(ValueError, match=r"fuse_at must be one of \('input', 'decoder'\), got 'logits'"):
         decoder_model.with_fusion(fuse_at="logits")
     # (gated inference takes decoder-fused models through with_fusion(fuse_at="input"): test_gated.py)

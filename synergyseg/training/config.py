@@ -183,7 +183,8 @@ PRESETS = {
     # The main job, within 10 minutes on this project's 2-core CPU (README: time and what it
     # reaches; benchmarks/main_job.py). Measured 2026-11-30 on 2 idle cores: 0.70 s per step of 8
     # crops of 128x256 (from 256x512 scenes), ~13 s of validation, checkpoints and figures per
-    # epoch, ~35 s of tracing; 15 epochs took ~14 min that day, so 8 x 50 steps.
+    # epoch, ~35 s of tracing; 15 epochs were on course for ~14 min that day, so 8 x 50 steps
+    # (6.9 min measured).
     "synthetic": RunConfig(backbone_width=16, head_filters=64, low_level_filters=16, epochs=8),
     # The paper's recipe (section IV): ResNet-50, SGD momentum 0.9, weight decay 5e-4, batch 2 per
     # GPU, lr 0.01 with polynomial decay, 150 epochs. The crop is not in the paper; 768x768 is the
