@@ -23,6 +23,7 @@ VARIANTS = {
     "mobilenetv3_large_reduced": ("MobileNetV3Large", 16, 12, False),
     "mobilenetv3_small_reduced": ("MobileNetV3Small", 16, 8, False),
     "mobilenetv3_small_minimal": ("MobileNetV3Small", 32, 11, True),
+    "mobilenetv3_small_minimal_cut16": ("MobileNetV3Small", 16, 8, False),
 }
 
 
@@ -99,6 +100,7 @@ def test_the_reduced_tail_halves_the_last_stage_and_keeps_the_first_blocks_expan
     ("mobilenetv3_large", 32, (24, 40, 112, 960)), ("mobilenetv3_large", 16, (24, 40, 112, 960)),
     ("mobilenetv3_large_reduced", 16, (24, 40, 112, 480)), ("mobilenetv3_large_cut16", 16, (24, 40, 112, 112)),
     ("mobilenetv3_small", 32, (16, 24, 48, 576)), ("mobilenetv3_small_reduced", 16, (16, 24, 48, 288)),
+    ("mobilenetv3_small_minimal_cut16", 16, (16, 24, 48, 48)),
 ])
 def test_skip_features_at_strides_4_8_16_and_the_deepest_at_the_output_stride(backbone, output_stride, channels):
     trunk = build_mobilenetv3(backbone, output_stride=output_stride, skip_strides=(4, 8, 16))

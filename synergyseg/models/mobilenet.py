@@ -14,6 +14,7 @@ The variants (names in `names.MOBILENETS`):
 - "mobilenetv3_large_cut16": the network up to the stride-16 stage (112 channels), no last stage.
 - "mobilenetv3_small_minimal": keras.applications' `MobileNetV3Small(minimalistic=True)` (3x3
   kernels, ReLU, no squeeze-excite), output stride 32 or 16; its own "notop" weight file.
+- "mobilenetv3_small_minimal_cut16": that network up to its stride-16 stage (48 channels).
 
 The input normalization (x / 127.5 - 1, keras.applications' `include_preprocessing=True`) is
 inside the trunk, so it takes raw RGB in [0, 255]; it is a multiply and an add (no channel
@@ -78,6 +79,7 @@ MOBILENETS = {
     "mobilenetv3_small": ("small", "whole", False),
     "mobilenetv3_small_reduced": ("small", "reduced", False),
     "mobilenetv3_small_minimal": ("small", "whole", True),
+    "mobilenetv3_small_minimal_cut16": ("small", "cut16", True),
 }
 
 

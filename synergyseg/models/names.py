@@ -10,7 +10,8 @@ Each tuple is the one list of its kind; the modules that implement the names (`r
 # paper's "reduced tail" for segmentation, section 6.4); "_cut16" ends after the stride-16 stage;
 # "_minimal" is keras.applications' minimalistic network (3x3 kernels, ReLU, no squeeze-excite).
 MOBILENETS = ("mobilenetv3_large", "mobilenetv3_large_reduced", "mobilenetv3_large_cut16",
-              "mobilenetv3_small", "mobilenetv3_small_reduced", "mobilenetv3_small_minimal")
+              "mobilenetv3_small", "mobilenetv3_small_reduced", "mobilenetv3_small_minimal",
+              "mobilenetv3_small_minimal_cut16")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101") + MOBILENETS
 
 # Output strides of the trunk's deepest features, per trunk; the first is the default.
@@ -23,6 +24,7 @@ BACKBONE_OUTPUT_STRIDES = {
     "mobilenetv3_small": (16, 32),
     "mobilenetv3_small_reduced": (16,),
     "mobilenetv3_small_minimal": (16, 32),
+    "mobilenetv3_small_minimal_cut16": (16,),
 }
 # Every output stride some trunk has.
 OUTPUT_STRIDES = (32, 16, 8)

@@ -235,6 +235,7 @@ REALTIME_TRUNKS = {
     "small32": dict(backbone="mobilenetv3_small", output_stride=32),
     "small-reduced": dict(backbone="mobilenetv3_small_reduced", output_stride=16),
     "small-minimal": dict(backbone="mobilenetv3_small_minimal", output_stride=32),
+    "small-minimal-cut16": dict(backbone="mobilenetv3_small_minimal_cut16", output_stride=16),
 }
 REALTIME_OPTIONS = tuple(f"realtime-{head}-{trunk}" for head in REALTIME_HEADS for trunk in REALTIME_TRUNKS)
 for _head, _head_fields in REALTIME_HEADS.items():
