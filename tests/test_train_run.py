@@ -284,3 +284,18 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(tmp_pat
     with pytest.raises(FileNotFoundError, match="matches no TFRecord files"):
         train(config, log=lambda *a: None)
     assert not (run / "config.json").exists() and not (run / "history.csv").exists()
+
+
+def test_a_run_written_before_a_field_existed_resumes_as_that_fields_default(tmp_path):
+    # A config.json from an earlier synergyseg lacks the fields added since: that run had their
+    # default behaviour, so the same command resumes it; a non-default value now is a difference.
+    from synergyseg.training.run import config_differences
+
+    config = preset("synthetic", run_dir=str(tmp_path / "run"))
+    saved = tmp_path / "config.json"
+    older = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "run_eagerly"}
+    saved.write_text(json.dumps(older))
+    assert RunConfig().run_eagerly is False and config.run_eagerly is False
+    assert config_differences(config, saved) == []
+    assert config_differences(config.replace(run_eagerly=True), saved) == ["run_eagerly: False there, True now"]
+    assert config_differences(config.replace(epochs=3), saved) == [f"epochs: {config.epochs} there, 3 now"]

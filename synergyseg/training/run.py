@@ -183,20 +183,23 @@ def config_differences(config, saved):
     config.json at `saved`; empty when they are one run's configuration.
 
     `run_dir` is not compared: a run folder is the one it is now, however its path is typed
-    (`runs/x/`, `runs/x`) and wherever it was moved.
+    (`runs/x/`, `runs/x`) and wherever it was moved. A field that `saved` lacks (written by an
+    earlier synergyseg, before the field existed) counts as its default, the behaviour that run had.
     """
     with open(saved) as f:
         previous = json.load(f)
     current = json.loads(json.dumps(config.to_dict()))
+    defaults = json.loads(json.dumps(type(config)().to_dict()))
     differences = []
     for name in sorted(set(previous) | set(current)):
         if name == "run_dir":
             continue
-        there, now = previous.get(name), current.get(name)
+        there, now = previous.get(name, defaults.get(name)), current.get(name)
         if name in _PATH_FIELDS and isinstance(there, str) and isinstance(now, str):
             there, now = os.path.normpath(there), os.path.normpath(now)
         if there != now:
-            differences.append(f"{name}: {previous.get(name)!r} there, {current.get(name)!r} now")
+            differences.append(f"{name}: {previous.get(name, defaults.get(name))!r} there, "
+                               f"{current.get(name)!r} now")
     return differences
 
 
