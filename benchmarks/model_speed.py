@@ -8,7 +8,9 @@ Examples:
 Prints time per forward pass (median of round-robin rounds), conv FLOPs counted from the model,
 GFLOP/s, the two-scale / single-scale time ratio next to the FLOP ratio (1.25 in theory), with and
 without XLA, and a large float32 matmul's GFLOP/s as this machine's ceiling. The two-scale model
-is timed fused at the input size and at the decoder's resolution (`fuse_at`, same weights). After
+is timed fused at the input size and at the decoder's resolution (`fuse_at`, same weights), and
+the single-scale model on the half-size image: where the second scale's time goes (two-scale minus
+single-scale = that half-size pass + the rest: the downsample, resizes, softmax and fusion). After
 building, it waits for the machine to be idle (machine.py) and records the load before and after
 timing in --out (JSON).
 """
@@ -33,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import MAX_LOAD, OthersCPU, cpu_name, load_record, wait_for_idle  # noqa: E402
 
 FUSE_AT = ("input", "decoder")
+HALF = "single-scale on the half-size image"
 
 
 def median_seconds(fns, x, repeats, warmup=2):
@@ -84,15 +87,19 @@ def main():
     single = synergyseg.submodel_of(two_scale)
     h, w = args.height, args.width
     flops_single = conv_flops(single, h, w)
-    flops_two = flops_single + conv_flops(single, (h + 1) // 2, (w + 1) // 2)
+    flops_half = conv_flops(single, (h + 1) // 2, (w + 1) // 2)
+    flops_two = flops_single + flops_half
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, h, w, 3)).astype("float32"))
-    models = [("single-scale", single, flops_single)] + [
-        (f"two-scale (fused at {where})", two_scale.with_fusion(fuse_at=where), flops_two)
+    x_half = tf.image.resize(x, ((h + 1) // 2, (w + 1) // 2))  # the low scale's input size
+    models = [("single-scale", single, flops_single, None),
+              (HALF, single, flops_half, x_half)] + [
+        (f"two-scale (fused at {where})", two_scale.with_fusion(fuse_at=where), flops_two, None)
         for where in fuse_ats]
     fns, rows = [], []
     for jit in (False,) if args.no_xla else (False, True):
-        for label, model, flops in models:
-            fns.append(tf.function(lambda t, m=model: m(t, training=False), jit_compile=jit))
+        for label, model, flops, own_input in models:
+            call = tf.function(lambda t, m=model: m(t, training=False), jit_compile=jit)
+            fns.append(call if own_input is None else (lambda t, c=call, i=own_input: c(i)))
             rows.append(("XLA" if jit else "tf.function", label, flops))
 
     devices = [d.device_type for d in tf.config.list_physical_devices()]
@@ -119,14 +126,22 @@ def main():
         print(f"| {path} | {label} | {row['ms']:.0f} | {row['gflops']:.1f} | {row['gflop_per_s']:.1f} | "
               f"{row['percent_of_matmul']:.0f}% |")
     print(f"two-scale / single-scale FLOPs: {flops_two / flops_single:.3f}")
-    time_ratios = {}
+    time_ratios, second_scale = {}, []
     for path in dict.fromkeys(row[0] for row in rows):
         times = {label: t for (p, label, _), t in zip(rows, seconds) if p == path}
         for label, t in times.items():
-            if label != "single-scale":
+            if label.startswith("two-scale"):
                 time_ratios[f"{label} / single-scale ({path})"] = round(t / times["single-scale"], 3)
+                extra = t - times["single-scale"]
+                second_scale.append(dict(path=path, model=label, extra_ms=round(1000 * extra, 1),
+                                         half_pass_ms=round(1000 * times[HALF], 1),
+                                         rest_ms=round(1000 * (extra - times[HALF]), 1)))
     for name, ratio in time_ratios.items():
         print(f"{name} time: {ratio:.3f}")
+    print("| path | model | two-scale - single-scale ms | half-size pass ms | rest (resizes, softmax, fusion) ms |")
+    print("|---|---|---:|---:|---:|")
+    for r in second_scale:
+        print(f"| {r['path']} | {r['model']} | {r['extra_ms']:.0f} | {r['half_pass_ms']:.0f} | {r['rest_ms']:.0f} |")
     print(f"# load after timing: {end['uptime']}; other processes' CPU share while timing: {others.share}")
     if args.out:
         write_json(args.out, dict(
@@ -134,7 +149,8 @@ def main():
             tensorflow=tf.__version__, keras=keras.__version__, backbone=args.backbone,
             size=f"{h}x{w}", repeats=args.repeats, matmul_gflop_per_s=matmul,
             load=dict(start=start, before_timing=before, end=end), others_cpu_share=others.share,
-            rows=table, flop_ratio=round(flops_two / flops_single, 3), time_ratios=time_ratios))
+            rows=table, flop_ratio=round(flops_two / flops_single, 3), time_ratios=time_ratios,
+            second_scale=second_scale))
         print(f"wrote {args.out}")
 
 
