@@ -34,7 +34,7 @@ from synergyseg.run_folder import RunFolder  # noqa: E402
 from synergyseg.training.config import REALTIME_OPTIONS, preset  # noqa: E402
 
 # Today's realtime preset trains beside the options, as the row to beat.
-DEFAULT_OPTIONS = ("realtime",) + REALTIME_OPTIONS
+DEFAULT_OPTIONS = ("realtime", "realtime-fast") + REALTIME_OPTIONS
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "realtime_options")
 # Classes the issue watches (the first non-zero IoU on them came from LR-ASPP).
 WATCHED_CLASSES = ("person", "traffic sign")

@@ -60,7 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import MAX_LOAD, OthersCPU, cpu_name, load_record, wait_for_idle  # noqa: E402
 
 SEGFORMER = "segformer-b0"
-DEFAULT_MODELS = ("realtime", "realtime-lraspp-large-cut16", "realtime-lraspp-large-reduced",
+DEFAULT_MODELS = ("realtime", "realtime-fast", "realtime-lraspp-large-reduced",
                   "realtime-lraspp-large32", "realtime-lraspp-small32",
                   "realtime-lraspp-small-reduced", SEGFORMER)
 PATHS = ("tflite-fp32", "tflite-int8", "keras", "keras-xla")
@@ -81,7 +81,7 @@ SEGFORMER_HEAD_FILTERS = 256
 RESULTS = "benchmarks/results/realtime_speed"
 # Seeds of the synthetic scenes for each use, apart so no scene is both calibrated on and scored.
 BATCHNORM_SEED, CALIBRATION_SEED, AGREEMENT_SEED, TIMING_SEED = 1000, 2000, 3000, 4000
-SMOKE = dict(models=("realtime", SEGFORMER), sizes=((64, 128),), rounds=1,
+SMOKE = dict(models=("realtime-fast", SEGFORMER), sizes=((64, 128),), rounds=1,
              warmup=1, calibration=1, agreement=1, idle_wait=0)
 
 

@@ -53,7 +53,7 @@ def test_smoke_run_writes_entries_and_ratios_of_its_own_times(tmp_path):
     assert "load average" in result["load"]["start"]["uptime"]
     assert result["settings"]["class_map_strides"] == [1, 4]  # the default
     entries = {(e["model"], e["variant"], e["class_map_stride"], e["path"]): e for e in result["entries"]}
-    model = "realtime"  # the smoke run's preset: the lightest, so the plumbing check stays short
+    model = "realtime-fast"  # the smoke run's preset: the lightest, so the plumbing check stays short
     # Fused at the decoder: each class map stride; fused at the input and SegFormer: stride 1 only.
     assert set(entries) == {(m, v, stride, p) for p in ("tflite-fp32", "keras") for m, v, stride in [
         (model, "two-scale (decoder)", 1), (model, "two-scale (decoder)", 4),

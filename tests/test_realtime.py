@@ -19,7 +19,8 @@ from synergyseg.export.saved_model import export_saved_model
 from synergyseg.models import names
 from synergyseg.models.flops import conv_flops
 from synergyseg.models.mobilenet import build_mobilenetv3
-from synergyseg.training.config import REALTIME_MODEL, SYNTHETIC_STUDY_EPOCHS, RunConfig, preset
+from synergyseg.training.config import (REALTIME_FAST_MODEL, REALTIME_MODEL, SYNTHETIC_STUDY_EPOCHS,
+                                        RunConfig, preset)
 from tests.reference import all_layers as _all_layers
 from tests.test_export import SAVED_MODEL_SCRIPT
 
@@ -42,7 +43,7 @@ def _applications_mobilenet():
 # it fuses at the decoder, the path with more to get wrong in export (a resize of the fused map,
 # of the uncertainty, softmax on the head's grid), and its head and trunk are other layers than
 # the ResNet DeepLabV3+ that tests/test_export.py exports.
-KERAS_PRESETS = ("realtime-deeplab-large16", "realtime-lraspp-large-cut16", "realtime")
+KERAS_PRESETS = ("realtime-deeplab-large16", "realtime", "realtime-fast")
 EXPORTED_PRESET = "realtime"
 
 
@@ -301,13 +302,14 @@ def test_onnx_matches_keras_in_onnxruntime(exported_model, tmp_path):
 # --- presets ---------------------------------------------------------------------------------
 
 def test_realtime_presets_share_the_recipes_and_validate_the_backbone():
-    for name, base in [("realtime", "synthetic"), ("realtime-cityscapes", "cityscapes"),
-                       ("realtime-mapillary", "mapillary")]:
+    for name, base, model in [(f"{kind}{data}", data.strip("-") or "synthetic", model)
+                              for kind, model in (("realtime", REALTIME_MODEL), ("realtime-fast", REALTIME_FAST_MODEL))
+                              for data in ("", "-cityscapes", "-mapillary")]:
         config, recipe = preset(name), preset(base)
-        # The measured choice (BENCHMARKS.md "Real-time model"): LR-ASPP on minimalistic Small.
-        assert {k: getattr(config, k) for k in REALTIME_MODEL} == REALTIME_MODEL
-        assert (config.head, config.backbone, config.fuse_at) == ("lraspp", "mobilenetv3_small_minimal", "decoder")
-        assert config.backbone in names.BACKBONES
+        # The measured choice (tests/test_realtime_choice.py): LR-ASPP on a MobileNetV3 trunk.
+        assert {k: getattr(config, k) for k in model} == model, name
+        assert (config.head, config.fuse_at) == ("lraspp", "decoder")
+        assert config.backbone in names.MOBILENETS
         same = {k for k in ("dataset", "num_classes", "crop_size", "batch_size",
                             "learning_rate", "weight_decay", "fusion")}
         assert {k: getattr(config, k) for k in same} == {k: getattr(recipe, k) for k in same}
@@ -317,6 +319,7 @@ def test_realtime_presets_share_the_recipes_and_validate_the_backbone():
         assert config.epochs == (SYNTHETIC_STUDY_EPOCHS if base == "synthetic" else recipe.epochs), name
     assert preset("synthetic").epochs < SYNTHETIC_STUDY_EPOCHS == 15
     assert RunConfig.from_dict(preset("realtime").to_dict()) == preset("realtime")
+    assert preset("realtime-fast").backbone != preset("realtime").backbone
 
 
 def test_option_presets_build_their_head_trunk_and_fusion_resolution_from_the_main_jobs_recipe():
@@ -326,17 +329,18 @@ def test_option_presets_build_their_head_trunk_and_fusion_resolution_from_the_ma
     recipe = preset("synthetic")
     same = ("dataset", "data_dir", "num_classes", "crop_size", "batch_size", "steps_per_epoch",
             "learning_rate", "weight_decay", "seed", "fusion", "synthetic_size")
-    assert len(REALTIME_OPTIONS) == 14
+    assert len(REALTIME_OPTIONS) == 16
     for name in REALTIME_OPTIONS:
         config = preset(name)
         assert {k: getattr(config, k) for k in same} == {k: getattr(recipe, k) for k in same}, name
         assert config.epochs == SYNTHETIC_STUDY_EPOCHS, name
         assert config.fuse_at == "decoder" and config.run_dir == f"runs/{name}"
         assert RunConfig.from_dict(config.to_dict()) == config
-    # `realtime` is the option the measured table picked; the model issue 9 shipped stays as an option.
-    picked = {k: v for k, v in preset("realtime").to_dict().items() if k not in ("preset", "run_dir")}
-    assert picked == {k: v for k, v in preset("realtime-lraspp-small-minimal").to_dict().items()
-                      if k not in ("preset", "run_dir")}
+    # `realtime` and `realtime-fast` are options the measured table picked (test_realtime_choice.py).
+    for name in ("realtime", "realtime-fast"):
+        picked = {k: v for k, v in preset(name).to_dict().items() if k not in ("preset", "run_dir")}
+        assert any(picked == {k: v for k, v in preset(o).to_dict().items() if k not in ("preset", "run_dir")}
+                   for o in REALTIME_OPTIONS), name
     model = build_model(preset("realtime-lraspp-large-cut16", head_filters=16))
     assert (model.head, model.backbone_name, model.output_stride, model.fuse_at) == (
         "lraspp", "mobilenetv3_large_cut16", 16, "decoder")

@@ -1,0 +1,114 @@
+"""Picks the real-time presets from the measured tables, by issue 18's rule.
+
+    python benchmarks/realtime_choice.py        # writes benchmarks/results/realtime_choice.json and .md
+
+- `realtime`: the fastest option whose mIoU is within `MARGIN` (2) of the best option's.
+- `realtime-fast`: the most accurate option at `TARGET_FPS` (30) or more.
+
+Accuracy: final.keras mIoU on the synthetic validation scenes, the mean over every seed trained
+(`benchmarks/realtime_options.py`: results/realtime_options.json, realtime_options_seeds.json,
+small_minimal_cut16.json; one row per option and seed, duplicates counted once). Speed: two-scale,
+fused at the decoder, 512x1024, TFLite float32, class map at stride 1, from
+results/realtime_speed.json (`benchmarks/realtime_speed.py`, idle machine). An option missing from
+either table is not a candidate. tests/test_realtime.py checks that the presets in
+synergyseg/training/config.py are this choice of the committed tables.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+ACCURACY_FILES = ("realtime_options.json", "realtime_options_seeds.json", "small_minimal_cut16.json")
+SPEED_FILE = "realtime_speed.json"
+SPEED_ENTRY = {"size": "512x1024", "variant": "two-scale (decoder)", "path": "tflite-fp32",
+               "class_map_stride": 1}
+PRESET_SEED = 0  # RunConfig's default seed
+MARGIN = 2.0  # mIoU points
+TARGET_FPS = 30.0
+
+
+def accuracy(paths):
+    """`{option: [mIoU % per seed]}` from realtime_options.py result files (missing files skipped)."""
+    seen = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            for row in json.load(f)["rows"]:
+                if row["option"].startswith("realtime-") and row.get("fuse_at") == "decoder":
+                    # Rows written before --seeds existed are the preset's own seed.
+                    seen[(row["option"], row.get("seed", PRESET_SEED))] = 100 * row["final_mean_iou"]
+    out = {}
+    for (option, _), miou in sorted(seen.items()):
+        out.setdefault(option, []).append(miou)
+    return out
+
+
+def speed(path):
+    """`{option: ms}` of the `SPEED_ENTRY` rows of a realtime_speed.py result file."""
+    with open(path) as f:
+        entries = json.load(f)["entries"]
+    return {e["model"]: e["ms"] for e in entries
+            if all(e.get(k) == v for k, v in SPEED_ENTRY.items()) and e["model"].startswith("realtime-")}
+
+
+def choose(mious, ms):
+    """The rule on `{option: [mIoU per seed]}` and `{option: ms}`: a dict with the candidates
+    (sorted by time) and the two picks (None where no option qualifies)."""
+    rows = []
+    for option in sorted(set(mious) & set(ms), key=lambda o: ms[o]):
+        values = mious[option]
+        rows.append({"option": option, "seeds": len(values), "miou": round(sum(values) / len(values), 2),
+                     "miou_per_seed": [round(v, 2) for v in values], "ms": ms[option],
+                     "fps": round(1000 / ms[option], 1)})
+    if not rows:
+        return {"rows": [], "best_miou": None, "realtime": None, "realtime_fast": None}
+    best = max(r["miou"] for r in rows)
+    close = [r for r in rows if r["miou"] >= best - MARGIN]
+    fast = [r for r in rows if r["fps"] >= TARGET_FPS]
+    return {"rows": rows, "best_miou": best,
+            "realtime": min(close, key=lambda r: r["ms"])["option"],
+            "realtime_fast": max(fast, key=lambda r: (r["miou"], -r["ms"]))["option"] if fast else None}
+
+
+def markdown(choice):
+    lines = ["| option | seeds | mIoU (mean) | mIoU per seed | ms two-scale 512x1024 | FPS | "
+             f"within {MARGIN:g} of best | >= {TARGET_FPS:g} FPS |", "|---|---:|---:|---|---:|---:|---|---|"]
+    for r in choice["rows"]:
+        lines.append(f"| {r['option']} | {r['seeds']} | {r['miou']:.1f} | "
+                     f"{' / '.join(f'{v:.1f}' for v in r['miou_per_seed'])} | {r['ms']:.1f} | {r['fps']:.1f} | "
+                     f"{'yes' if r['miou'] >= choice['best_miou'] - MARGIN else 'no'} | "
+                     f"{'yes' if r['fps'] >= TARGET_FPS else 'no'} |")
+    lines += ["", f"`realtime` = {choice['realtime']} (the fastest within {MARGIN:g} mIoU of the best, "
+              f"{choice['best_miou']:.1f}); `realtime-fast` = {choice['realtime_fast']} "
+              f"(the most accurate at >= {TARGET_FPS:g} FPS)."]
+    return "\n".join(lines) + "\n"
+
+
+def committed_choice(results=RESULTS):
+    """The rule applied to the committed result files."""
+    return choose(accuracy([os.path.join(results, name) for name in ACCURACY_FILES]),
+                  speed(os.path.join(results, SPEED_FILE)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=RESULTS, help="folder of the result files")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "realtime_choice"),
+                        help="path without extension of the .json and .md written")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(HERE))
+    from synergyseg.atomic import write_json, write_text
+
+    choice = committed_choice(args.results)
+    write_json(args.out + ".json", choice)
+    write_text(args.out + ".md", markdown(choice))
+    print(markdown(choice), end="")
+    print(f"wrote {args.out}.json and {args.out}.md")
+
+
+if __name__ == "__main__":
+    main()

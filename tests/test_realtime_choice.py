@@ -1,0 +1,50 @@
+"""benchmarks/realtime_choice.py: issue 18's rule, and the presets it picked from the committed tables."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from synergyseg.training.config import REALTIME_FAST_MODEL, REALTIME_MODEL, RunConfig, preset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("realtime_choice", os.path.join(ROOT, "benchmarks", "realtime_choice.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
+    choice = _script().choose(
+        {"realtime-a": [71.0, 71.2], "realtime-b": [69.5], "realtime-c": [65.0, 66.0, 64.0],
+         "realtime-d": [60.0], "realtime-untimed": [80.0]},
+        {"realtime-a": 80.0, "realtime-b": 50.0, "realtime-c": 30.0, "realtime-d": 20.0})
+    assert [r["option"] for r in choice["rows"]] == ["realtime-d", "realtime-c", "realtime-b", "realtime-a"]
+    assert choice["best_miou"] == 71.1  # the mean over seeds; an untimed option is no candidate
+    assert choice["realtime"] == "realtime-b"  # 69.5 >= 71.1 - 2, faster than a
+    assert choice["realtime_fast"] == "realtime-c"  # 33.3 FPS, more accurate than d (50 FPS)
+    slow = _script().choose({"realtime-a": [70.0]}, {"realtime-a": 40.0})
+    assert slow["realtime"] == "realtime-a" and slow["realtime_fast"] is None
+
+
+def test_rows_of_one_run_in_several_files_count_once(tmp_path):
+    script = _script()
+    row = lambda seed, miou: {"option": "realtime-x", "fuse_at": "decoder", "seed": seed, "final_mean_iou": miou}
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [row(0, 0.60), row(1, 0.62)]}))
+    # An older file without seeds: the preset's seed, the same run as seed 0 above.
+    old = {k: v for k, v in row(0, 0.60).items() if k != "seed"}
+    (tmp_path / "b.json").write_text(json.dumps({"rows": [old, {**row(2, 0.64), "fuse_at": "input"}]}))
+    assert script.accuracy([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "missing.json"]) == {
+        "realtime-x": pytest.approx([60.0, 62.0])}
+    assert script.PRESET_SEED == RunConfig().seed
+
+
+def test_the_presets_are_the_rules_choice_of_the_committed_tables():
+    choice = _script().committed_choice()
+    for model, option in ((REALTIME_MODEL, choice["realtime"]), (REALTIME_FAST_MODEL, choice["realtime_fast"])):
+        assert option is not None
+        assert {k: getattr(preset(option), k) for k in model} == model, option
