@@ -210,11 +210,11 @@ PRESETS = {
 # one, and `realtime-fast`, the most accurate at 30 FPS or more two-scale at 512x1024 in TFLite on
 # this project's 2-core CPU. Both are LR-ASPP heads (128 filters) on MobileNetV3 trunks, the two
 # scales fused on the head's stride-8 grid and upsampled once. The recipes are the ones above; on
-# real data pass backbone_weights= keras.applications' "notop" .h5 of the trunk (MobileNetV3Large,
-# or MobileNetV3Small(minimalistic=True)).
+# real data pass backbone_weights= keras.applications' "notop" .h5 of the trunk (MobileNetV3Large
+# for `realtime`, MobileNetV3Small(minimalistic=True) for `realtime-fast`).
 REALTIME_MODEL = dict(head="lraspp", backbone="mobilenetv3_large_cut16", output_stride=16,
                       backbone_width=64, head_filters=128, fuse_at="decoder")
-REALTIME_FAST_MODEL = dict(REALTIME_MODEL, backbone="mobilenetv3_small_minimal", output_stride=32)
+REALTIME_FAST_MODEL = dict(REALTIME_MODEL, backbone="mobilenetv3_small_minimal_cut16")
 for _name, _model in (("realtime", REALTIME_MODEL), ("realtime-fast", REALTIME_FAST_MODEL)):
     PRESETS[_name] = PRESETS["synthetic"].replace(
         preset=_name, run_dir=f"runs/{_name}", epochs=SYNTHETIC_STUDY_EPOCHS, **_model)
