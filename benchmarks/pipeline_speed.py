@@ -5,7 +5,7 @@
 
 The pipeline must never be the bottleneck: its images/s should stay well above the model's.
 Cases (name: image size, crop, batch, model):
-    synthetic:  128x256 scenes (train.py's default), crop 128x256, batch 8, the synthetic
+    synthetic:  256x512 scenes, crop 128x256, batch 8 (train.py's default), the synthetic
                 preset's narrow ResNet-18 SynergySeg
     synth-256:  256x512 scenes, crop 256x512, batch 8, the same model
     cityscapes: 1024x2048 scenes (Cityscapes' size, PNG), crop 768x768, batch 2, ResNet-50
@@ -31,7 +31,7 @@ SMALL = dict(backbone="resnet18", backbone_width=16, head_filters=64, low_level_
 PAPER = dict(backbone="resnet50")
 # name: (scene size, image format, crop, batch, model, model steps to time; 0: not timed)
 CASES = {
-    "synthetic": ((128, 256), "png", (128, 256), 8, SMALL, 5),
+    "synthetic": ((256, 512), "png", (128, 256), 8, SMALL, 5),
     "synth-256": ((256, 512), "png", (256, 512), 8, SMALL, 3),
     "cityscapes": ((1024, 2048), "png", (768, 768), 2, PAPER, 2),
     "cityscapes-jpeg": ((1024, 2048), "jpeg", (768, 768), 2, PAPER, 0),
