@@ -19,15 +19,22 @@ def _script():
 
 
 def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
-    choice = _script().choose(
-        {"realtime-a": [71.0, 71.2], "realtime-b": [69.5], "realtime-c": [65.0, 66.0, 64.0],
-         "realtime-d": [60.0], "realtime-untimed": [80.0]},
-        {"realtime-a": 80.0, "realtime-b": 50.0, "realtime-c": 30.0, "realtime-d": 20.0})
-    assert [r["option"] for r in choice["rows"]] == ["realtime-d", "realtime-c", "realtime-b", "realtime-a"]
-    assert choice["best_miou"] == 71.1  # the mean over seeds; an untimed option is no candidate
-    assert choice["realtime"] == "realtime-b"  # 69.5 >= 71.1 - 2, faster than a
+    script = _script()
+    mious = {"realtime-a": [71.0, 71.2], "realtime-b": [69.5], "realtime-c": [65.0, 66.0, 64.0],
+             "realtime-d": [60.0], "realtime-untimed": [71.5]}
+    ms = {"realtime-a": 80.0, "realtime-b": 50.0, "realtime-c": 30.0, "realtime-d": 20.0}
+    choice = script.choose(mious, ms)
+    assert [r["option"] for r in choice["rows"]] == [
+        "realtime-d", "realtime-c", "realtime-b", "realtime-a", "realtime-untimed"]
+    # The best is over every trained option, timed or not; the means are over seeds.
+    assert choice["best_miou"] == 71.5
+    assert choice["realtime"] == "realtime-b"  # 69.5 >= 71.5 - 2, faster than a (71.1)
     assert choice["realtime_fast"] == "realtime-c"  # 33.3 FPS, more accurate than d (50 FPS)
-    slow = _script().choose({"realtime-a": [70.0]}, {"realtime-a": 40.0})
+    assert "| realtime-untimed | 1 | 71.5 | 71.5 | not timed | - | yes | - |" in script.markdown(choice)
+    # An untimed option ahead of every timed one by more than 2 points: `realtime` waits for its time.
+    ahead = script.choose({**mious, "realtime-untimed": [80.0]}, ms)
+    assert ahead["realtime"] is None and ahead["realtime_fast"] == "realtime-c"
+    slow = script.choose({"realtime-a": [70.0]}, {"realtime-a": 40.0})
     assert slow["realtime"] == "realtime-a" and slow["realtime_fast"] is None
 
 
