@@ -36,6 +36,9 @@ def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
     assert ahead["realtime"] is None and ahead["realtime_fast"] == "realtime-c"
     slow = script.choose({"realtime-a": [70.0]}, {"realtime-a": 40.0})
     assert slow["realtime"] == "realtime-a" and slow["realtime_fast"] is None
+    # 33.34 ms is 29.99 FPS: short of 30 even though its FPS column rounds to 30.0.
+    edge = script.choose({"realtime-a": [70.0]}, {"realtime-a": 33.34})
+    assert edge["rows"][0]["fps"] == 30.0 and edge["realtime_fast"] is None
 
 
 def test_rows_of_one_run_in_several_files_count_once(tmp_path):
