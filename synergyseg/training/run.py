@@ -194,12 +194,12 @@ def config_differences(config, saved):
     for name in sorted(set(previous) | set(current)):
         if name == "run_dir":
             continue
-        there, now = previous.get(name, defaults.get(name)), current.get(name)
+        saved_value, value = previous.get(name, defaults.get(name)), current.get(name)
+        there, now = saved_value, value
         if name in _PATH_FIELDS and isinstance(there, str) and isinstance(now, str):
             there, now = os.path.normpath(there), os.path.normpath(now)
         if there != now:
-            differences.append(f"{name}: {previous.get(name, defaults.get(name))!r} there, "
-                               f"{current.get(name)!r} now")
+            differences.append(f"{name}: {saved_value!r} there, {value!r} now")
     return differences
 
 
