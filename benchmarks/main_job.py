@@ -52,7 +52,7 @@ def time_model(run_dir, idle_wait):
         after = load_record()
         with open(os.path.join(out, "results.json")) as f:
             rows = json.load(f)["speed"]
-    import synergyseg  # noqa: F401  (TensorFlow only now: the timing ran in its own process)
+    import synergyseg  # TensorFlow only now: the timing ran in its own process
     from synergyseg.models.flops import model_flops
     from synergyseg.run_folder import load_model, resolve_model_path
 

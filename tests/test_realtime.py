@@ -36,11 +36,11 @@ def _applications_mobilenet():
                                                weights=None)
 
 
-# The presets' own models (their full heads, not stand-ins): today's `realtime` (DeepLabV3+ fused
-# at the input size) and an LR-ASPP option fused on its head's grid. Both get the Keras-level
-# checks (any size, safe_mode round trip); the export parity checks (SavedModel in a fresh
-# process, TFLite float32 and int8, ONNX), which cost a minute a model, run on the LR-ASPP one:
-# it fuses at the decoder, the path with more to get wrong in export (a resize of the fused map,
+# The presets' own models (their full heads, not stand-ins): the earlier real-time model
+# (separable DeepLabV3+ on MobileNetV3-Large), `realtime` and `realtime-fast` (LR-ASPP fused on
+# its head's grid). Each gets the Keras-level checks (any size, safe_mode round trip); the export
+# parity checks (SavedModel in a fresh process, TFLite float32 and int8, ONNX), which cost a
+# minute a model, run on `realtime`: it fuses at the decoder, the path with more to get wrong in export (a resize of the fused map,
 # of the uncertainty, softmax on the head's grid), and its head and trunk are other layers than
 # the ResNet DeepLabV3+ that tests/test_export.py exports.
 KERAS_PRESETS = ("realtime-deeplab-large16", "realtime", "realtime-fast")
