@@ -78,6 +78,10 @@ def main(argv=None):
                         help="only time this kept run's model and update the \"speed\" entry of --out")
     args = parser.parse_args(argv)
     if args.speed_of:
+        if not os.path.isfile(args.out):
+            parser.error(f"--speed-of adds to {args.out}, which does not exist: run without it first")
+        if not os.path.isdir(args.speed_of):
+            parser.error(f"--speed-of {args.speed_of}: no such run folder")
         with open(args.out) as f:
             result = json.load(f)
         result["speed"] = time_model(args.speed_of, args.idle_wait)
