@@ -55,3 +55,9 @@ def test_both_regimes_keep_the_budget_their_committed_records_were_trained_at():
     assert SYNTHETIC_STUDY_EPOCHS == 15 != preset("synthetic").epochs
     assert {name: overrides["epochs"] for name, overrides in study.REGIMES.items()} == {
         "synthetic": 15, "large": 15}
+    # The large regime sees the synthetic regime's pixels per epoch: 4x the pixels per crop.
+    synthetic, large = preset("synthetic"), study.REGIMES["large"]
+    pixels = lambda batch, steps, crop: batch * steps * crop[0] * crop[1]  # noqa: E731
+    assert synthetic.steps_per_epoch is None  # an epoch is one pass over the training scenes
+    assert pixels(large["batch_size"], large["steps_per_epoch"], large["crop_size"]) == pixels(
+        synthetic.batch_size, synthetic.synthetic_train // synthetic.batch_size, synthetic.crop_size)
