@@ -234,3 +234,38 @@ def test_bad_arguments_are_refused(deeplab):
         with pytest.raises(ValueError, match="input_size must be"):
             drop_padding_taps(deeplab, size)
     assert isinstance(MaxInputSize.from_config(MaxInputSize(3, 4).get_config()), MaxInputSize)
+
+
+@pytest.mark.parametrize("kernel, dilation, size", [((3, 3), (2, 2), (9, 13)), ((3, 3), (18, 18), (32, 64)),
+                                                     ((3, 3), (6, 12), (5, 7)), ((1, 3), (1, 4), (6, 11)),
+                                                     ((3, 1), (3, 1), (10, 4)), ((2, 2), (3, 3), (7, 8))])
+def test_tap_conv_equals_the_dilated_conv_it_replaces(kernel, dilation, size):
+    # Against TensorFlow's own dilated conv (SpaceToBatchND), with a bias and a ReLU; the even
+    # kernel checks the "same" padding split (less before than after).
+    from synergyseg.models.rewrite import TapConv2D
+
+    conv = keras.layers.Conv2D(7, kernel, dilation_rate=dilation, padding="same", activation="relu")
+    x = images(2, *size, seed=5) / 255.0
+    conv.build(x.shape)
+    conv.bias.assign(np.random.default_rng(1).normal(size=7).astype("float32"))
+    expected = np.asarray(conv(x))
+    taps = TapConv2D(7, kernel, dilation, activation="relu")
+    taps.build(x.shape)
+    taps.kernel.assign(TapConv2D.kernel_from_conv(np.asarray(conv.kernel)))
+    taps.bias.assign(np.asarray(conv.bias))
+    np.testing.assert_allclose(np.asarray(taps(x)), expected, atol=1e-5)
+    assert expected.max() > 0.1 and (expected == 0).any()  # the ReLU cut some, kept some
+
+
+def test_rewritten_dilated_convs_are_tap_convs_and_plain_ones_stay(deeplab, tmp_path):
+    from synergyseg.models.rewrite import TapConv2D
+
+    rewritten = rewrite_for_inference(deeplab)
+    sub = next(layer for layer in rewritten.layers if isinstance(layer, keras.Model))
+    for rate in (6, 12, 18):
+        assert isinstance(sub.get_layer(f"aspp_rate{rate}_conv"), TapConv2D)
+    assert isinstance(sub.get_layer("backbone").get_layer("conv5_block2_2_conv"), TapConv2D)  # rate 2
+    assert type(sub.get_layer("backbone").get_layer("conv4_block2_2_conv")) is keras.layers.Conv2D
+    assert not any(isinstance(layer, TapConv2D) for layer in all_layers(fold_batchnorm(deeplab)))
+    assert_same_outputs(rewritten, deeplab, images(1, 161, 257, seed=6))
+    assert_save_load_round_trip(rewritten, images(1, 33, 47), str(tmp_path / "tap.keras"))
