@@ -212,7 +212,7 @@ class GatedSynergySeg(keras.Model):
         if self.inference_rewrites:
             # Windows are never larger than a tile and its margins: exact for every window.
             window = tile_size + 2 * margin
-            low, tiles = fold_batchnorm(low), rewrite_for_inference(tiles, (window, window))
+            low, tiles = rewrite_for_inference(low), rewrite_for_inference(tiles, (window, window))
         # What runs: the low scale on the half-resolution image, the high scale on the windows.
         self.low_pass, self.tile_pass = low, tiles
         # Every weight already exists (the submodel's): built for any image size.

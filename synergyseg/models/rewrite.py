@@ -122,14 +122,27 @@ class TapConv2D(keras.layers.Layer):
         (kh, kw), (dh, dw), c = self.kernel_size, self.dilation_rate, self.filters
         kernel = ops.cast(self.kernel, self.compute_dtype)
         z = ops.conv(x, ops.reshape(kernel, (1, 1) + tuple(kernel.shape)), padding="valid")
-        # TensorFlow's "same" at stride 1: (k - 1) * d padding in all, half of it (floor) before.
+        # TensorFlow's "same" at stride 1: (k - 1) * d padding in all, half of it (floor) before,
+        # so tap (i, j) of output (y, x) reads input (y + i * dh - top, x + j * dw - left).
         top, left = (kh - 1) * dh // 2, (kw - 1) * dw // 2
-        z = ops.pad(z, [[0, 0], [top, (kh - 1) * dh - top], [left, (kw - 1) * dw - left], [0, 0]])
         batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+
+        def window(offset, size):
+            """(start in z, length, zeros before, zeros after) of one axis for a tap at `offset`:
+            only the part of the map it reads is cut out and padded (not all of z)."""
+            if offset == 0:
+                return 0, size, 0, 0
+            length = ops.maximum(size - abs(offset), 0)
+            before = ops.minimum(max(-offset, 0), size)
+            return ops.minimum(max(offset, 0), size), length, before, size - length - before
+
         y = None
         for i in range(kh):
             for j in range(kw):
-                tap = ops.slice(z, [0, i * dh, j * dw, (i * kw + j) * c], [batch, height, width, c])
+                (y0, rows, up, down), (x0, cols, lf, rt) = window(i * dh - top, height), window(j * dw - left, width)
+                tap = ops.slice(z, [0, y0, x0, (i * kw + j) * c], [batch, rows, cols, c])
+                if (i * dh - top, j * dw - left) != (0, 0):
+                    tap = ops.pad(tap, [[0, 0], [up, down], [lf, rt], [0, 0]])
                 y = tap if y is None else y + tap
         if self.use_bias:
             y = y + ops.cast(self.bias, self.compute_dtype)
