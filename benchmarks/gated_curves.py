@@ -24,7 +24,6 @@ OUT.md. Speed is not measured here (benchmarks/gated_speed.py times the same set
 import argparse
 import datetime
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 from synergyseg.atomic import write_json, write_text  # noqa: E402
 from synergyseg.evaluation import validation_batches  # noqa: E402
 from synergyseg.evaluation.confusion import scores_from_confusion  # noqa: E402
+from synergyseg.evaluation.speed import traced  # noqa: E402
 from synergyseg.models.gated import (  # noqa: E402
     DEFAULT_MARGIN, DEFAULT_POOLING, DEFAULT_TILE_SIZE, PIXELWISE_FUSIONS, gated_synergyseg, tile_scores,
     tiles_for_fraction)
@@ -74,12 +74,12 @@ def collect(model, batches, tile_size, margin, pooling, num_classes):
     low = gated_synergyseg(model, tile_size, margin, fraction=0.0, pooling=pooling, scale_outputs=True)
     every = gated_synergyseg(model, tile_size, margin, fraction=1.0, pooling=pooling)
 
-    @tf.function
-    def run_low(x):
+    def low_outputs(x):
         out = low(x, training=False)
         return tf.argmax(out[FUSED], -1), out[UNCERTAINTY][..., 0]
 
-    run_every = tf.function(lambda x: tf.argmax(every(x, training=False), -1))
+    run_low = traced(low_outputs)
+    run_every = traced(lambda x: tf.argmax(every(x, training=False), -1))
     images = []
     for image, label, _ in batches:
         x = tf.cast(image, tf.float32)
@@ -122,7 +122,7 @@ def curves(images, fractions, draws, seed=0):
 
 
 def two_scale_miou(model, batches, num_classes):
-    run = tf.function(lambda x: tf.argmax(model(x, training=False), -1))
+    run = traced(lambda x: tf.argmax(model(x, training=False), -1))
     total = np.zeros((num_classes, num_classes), np.int64)
     for image, label, _ in batches:
         predicted = np.asarray(run(tf.cast(image, tf.float32)))[0]

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from synergyseg.atomic import atomic_output, write_json  # noqa: E402
 from synergyseg.evaluation import MODEL_KEY, Predictor, evaluate_batches, validation_batches  # noqa: E402
+from synergyseg.evaluation.speed import traced  # noqa: E402
 from synergyseg.run_folder import RunFolder, resolve_model_path  # noqa: E402
 from synergyseg.models.flops import conv_flops  # noqa: E402
 from synergyseg.models.gated import (  # noqa: E402
@@ -47,7 +48,7 @@ TIMING_SIZES = ((512, 1024), (1024, 2048))
 
 def label_map_fn(model):
     """The timed call: the model, the argmax and the uint8 class map on the host (as speed.measure)."""
-    return tf.function(lambda x: tf.cast(tf.argmax(model(x, training=False), axis=-1), tf.uint8))
+    return traced(lambda x: tf.cast(tf.argmax(model(x, training=False), axis=-1), tf.uint8))
 
 
 def median_wall_and_cpu(fns, x, repeats, warmup=2):

@@ -10,7 +10,10 @@ GFLOP/s, the two-scale / single-scale time ratio next to the FLOP ratio (1.25 in
 without XLA, and a large float32 matmul's GFLOP/s as this machine's ceiling. The two-scale model
 is timed fused at the input size and at the decoder's resolution (`fuse_at`, same weights), and
 the single-scale model on the half-size image: where the second scale's time goes (two-scale minus
-single-scale = that half-size pass + the rest: the downsample, resizes, softmax and fusion). After
+single-scale = that half-size pass + the rest: the downsample, resizes, softmax and fusion). The
+single-scale and each two-scale model are also timed rewritten for inference (skip with
+--no-rewritten; `synergyseg.models.rewrite.rewrite_for_inference`: BatchNorm folded, dilated convs
+as TapConv2D), the same function up to float32 rounding. After
 building, it waits for the machine to be idle (machine.py) and records the load before and after
 timing in --out (JSON).
 """
@@ -29,13 +32,16 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from synergyseg.atomic import write_json  # noqa: E402
+from synergyseg.evaluation.speed import traced  # noqa: E402
 from synergyseg.models.flops import conv_flops  # noqa: E402
+from synergyseg.models.rewrite import rewrite_for_inference  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import MAX_LOAD, OthersCPU, cpu_name, load_record, wait_for_idle  # noqa: E402
 
 FUSE_AT = ("input", "decoder")
 HALF = "single-scale on the half-size image"
+REWRITTEN = ", rewritten"
 
 
 def median_seconds(fns, x, repeats, warmup=2):
@@ -74,6 +80,7 @@ def main():
     parser.add_argument("--fuse-at", default=",".join(FUSE_AT),
                         help="comma list of where the two-scale model fuses (default: both)")
     parser.add_argument("--no-xla", action="store_true", help="time the tf.function path only")
+    parser.add_argument("--no-rewritten", action="store_true", help="skip the models rewritten for inference")
     parser.add_argument("--idle-wait", type=float, default=300,
                         help=f"seconds to wait for the load our model builds raised to fall below {MAX_LOAD}")
     parser.add_argument("--out", default=None, help="JSON file for the results (default: none)")
@@ -95,10 +102,13 @@ def main():
               (HALF, single, flops_half, x_half)] + [
         (f"two-scale (fused at {where})", two_scale.with_fusion(fuse_at=where), flops_two, None)
         for where in fuse_ats]
+    if not args.no_rewritten:
+        models += [(label + REWRITTEN, rewrite_for_inference(model), flops, None)
+                   for label, model, flops, own_input in models if own_input is None]
     fns, rows = [], []
     for jit in (False,) if args.no_xla else (False, True):
         for label, model, flops, own_input in models:
-            call = tf.function(lambda t, m=model: m(t, training=False), jit_compile=jit)
+            call = traced(lambda t, m=model: m(t, training=False), jit_compile=jit)
             fns.append(call if own_input is None else (lambda t, c=call, i=own_input: c(i)))
             rows.append(("XLA" if jit else "tf.function", label, flops))
 
@@ -131,8 +141,12 @@ def main():
         times = {label: t for (p, label, _), t in zip(rows, seconds) if p == path}
         for label, t in times.items():
             if label.startswith("two-scale"):
-                time_ratios[f"{label} / single-scale ({path})"] = round(t / times["single-scale"], 3)
-                extra = t - times["single-scale"]
+                # Against the single-scale model in the same form (rewritten or not).
+                single_label = "single-scale" + (REWRITTEN if label.endswith(REWRITTEN) else "")
+                time_ratios[f"{label} / {single_label} ({path})"] = round(t / times[single_label], 3)
+                if label.endswith(REWRITTEN):
+                    continue  # the half-size pass is timed unrewritten only
+                extra = t - times[single_label]
                 second_scale.append(dict(path=path, model=label, extra_ms=round(1000 * extra, 1),
                                          half_pass_ms=round(1000 * times[HALF], 1),
                                          rest_ms=round(1000 * (extra - times[HALF]), 1)))

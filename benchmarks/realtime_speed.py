@@ -52,6 +52,7 @@ from synergyseg.export import check_int8_scales, check_tflite_size, convert_tfli
 from synergyseg.export import make_interpreter, undelegated_ops  # noqa: E402
 from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module  # noqa: E402
 from synergyseg.export.serving import CLASS_MAP, check_serving_options  # noqa: E402
+from synergyseg.evaluation.speed import traced  # noqa: E402
 from synergyseg.models.flops import model_flops  # noqa: E402
 from synergyseg.run_folder import load_model, resolve_model_path  # noqa: E402
 from synergyseg.training.config import preset  # noqa: E402
@@ -207,7 +208,7 @@ def windowed(fn, size, window_size):
 
 def keras_runner(served, jit_compile=False):
     """uint8 images -> class map (numpy) of the serving model `served`, through a tf.function."""
-    fn = tf.function(lambda x: served(x, training=False)[CLASS_MAP], jit_compile=jit_compile)
+    fn = traced(lambda x: served(x, training=False)[CLASS_MAP], jit_compile=jit_compile)
     return lambda images: fn(tf.constant(images)).numpy()
 
 
@@ -260,7 +261,7 @@ def tf_profiler_flops(model, size):
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     from tensorflow.python.util import deprecation
 
-    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+    fn = traced(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec((1, *size, 3), tf.float32))
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"

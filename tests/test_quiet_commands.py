@@ -138,3 +138,24 @@ def test_an_error_in_the_block_and_a_fatal_abort_still_reach_the_user(tmp_path):
     assert result.returncode < 0
     assert result.stderr == (REAL + "a Python warning\n"
                              "F0000 00:00:1796048488.317894   27526 cpu_feature_guard.cc:1] fatal: no AVX\n")
+
+
+def test_one_function_per_model_timed_warns_of_no_retracing(caplog):
+    # evaluate.py times the two-scale, single-scale and each gated model with one function each,
+    # all from the same code: TensorFlow, counting retracing per code object, warned after five.
+    import logging
+
+    import tensorflow as tf
+
+    from synergyseg.evaluation.speed import traced
+
+    def six_functions(wrap):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tensorflow"):
+            for scale in range(6):
+                wrap(lambda x, s=scale: x * s)(tf.constant(1.0))
+        return [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+
+    assert six_functions(tf.function)  # the warning this guards against, with a plain tf.function
+    assert six_functions(traced) == []
+    assert float(traced(lambda x: x + 1, jit_compile=False)(tf.constant(1.0))) == 2.0

@@ -23,22 +23,22 @@ from synergyseg.models.resize import Downsample, resize_bilinear, spatial_size
 from synergyseg.models.rewrite import fold_batchnorm, rewrite_for_inference
 from synergyseg.models.synergy import as_synergyseg, two_scale_config, two_scale_parts
 
-# Tiles of 128 px with a 16 px margin: on the main job's model (256x512 scenes) 64 px tiles with a
-# 32 px margin cost more than they save (the margin outweighs the tile), see BENCHMARKS.md.
+# Tiles of 128 px with a 16 px margin and a quarter of them, from benchmarks/gated_curves.py on the
+# main job's model (BENCHMARKS.md, "Gated inference"): fraction 0.25 scores 58.0 mIoU against the
+# two-scale model's 57.3 and the oracle choice's 58.7; 64 px tiles score up to 0.5 more, but their
+# windows (tile + 2 margins) are 2.3-4x a tile's pixels against 1.6x here. ResNet-50 at 512x1024
+# and 1024x2048 runs it in under half the two-scale time on a 2-core CPU.
 DEFAULT_TILE_SIZE = 128
 DEFAULT_MARGIN = 16
-# The default share of tiles that get the full-resolution pass, from benchmarks/gated_speed.py on the
-# main job's model: the smallest fraction within 0.5 mIoU of the two-scale model (-0.1 mIoU at 0.67x
-# its conv FLOPs; 0.85x its CPU time on a 2-core CPU, where tiles cost more per FLOP, BENCHMARKS.md).
-DEFAULT_FRACTION = 0.4
+DEFAULT_FRACTION = 0.25
 # Below this a tile is a single pixel at the submodel's stride 16.
 MIN_TILE_SIZE = 16
 # How the ASPP image-pooling branch sees the whole image inside a tile: "low" feeds it the low
 # scale's pooled trunk features (the whole image's mean, at half resolution); "tile" lets it pool
 # over the tile alone, as the plain submodel does.
 POOLINGS = ("low", "tile")
-# "tile" scored higher than "low" at every fraction on the main job's model and works with any
-# submodel; the real-time model scored higher with "low" (BENCHMARKS.md): measure both per model.
+# "tile" scored higher than "low" at every fraction, tile size and margin on the main job's model
+# (benchmarks/gated_curves.py) and works with any submodel (LR-ASPP has no pooled context to share).
 DEFAULT_POOLING = "tile"
 # Fusions whose output at a pixel depends only on U(S_lo) and S_hi at that pixel, so they run on the
 # selected tiles alone; the others ("uncertainty_confidence" upsamples 1 - max_c S_lo, "attention"
