@@ -9,9 +9,12 @@ import train
 from synergyseg import data
 from synergyseg.training.config import RunConfig, preset
 
+# Op by op (--run-eagerly): 2 steps do not pay for tracing the training graph; what is checked
+# here (the command line, the evaluation after training, the refusals) is the same either way.
 TINY_FLAGS = ["--backbone", "resnet18", "--backbone-width", "8", "--head-filters", "16",
               "--low-level-filters", "8", "--crop-size", "64x128", "--batch-size", "4",
-              "--steps-per-epoch", "2", "--tensorboard-images", "0", "--epochs", "1"]
+              "--steps-per-epoch", "2", "--tensorboard-images", "0", "--epochs", "1",
+              "--run-eagerly", "true"]
 
 
 def test_flags_override_the_preset_field_by_field():
