@@ -13,7 +13,7 @@ import keras
 import evaluate
 import synergyseg
 from synergyseg.data import SYNTHETIC, decode_example, synthetic
-from synergyseg.export.tflite import make_interpreter
+from synergyseg.export.tflite import make_interpreter, undelegated_ops
 from synergyseg.models.gated import (
     GATE, GatedSynergySeg, gated_synergyseg, select_tiles, tile_scores, tiles_selected)
 from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
@@ -44,13 +44,21 @@ def numpy_tile_scores(u, tile):
     return out
 
 
-def numpy_gated(model, x, tile, margin, fraction):
-    """Gated eq. 1 by loops: low scale, tile means, top tiles, one window per tile, crop, paste."""
+def numpy_gated(model, x, tile, margin, fraction, pooling="tile"):
+    """Gated eq. 1 by loops: low scale, tile means, top tiles, one window per tile, crop, paste.
+    With `pooling="low"` each window's ASPP image pooling is the low-scale image's pooled trunk
+    features (the submodel's views, checked against it in test_pooled_context_views_...)."""
     x = np.asarray(x)
     b, h, w, _ = x.shape
     sub = model.submodel
     x_lo = bilinear_resize(x, -(-h // 2), -(-w // 2)).astype("float32")
     s_lo = np.asarray(sub(x_lo))
+    if pooling == "low":
+        with_context, given_context = sub.pooled_context_models()
+        context = np.asarray(with_context(x_lo)[1])
+        high = lambda i, window: given_context([window, context[i:i + 1]])  # noqa: E731
+    else:
+        high = lambda i, window: sub(window)  # noqa: E731
     up_lo = bilinear_resize(s_lo, h, w)
     uncertainty = bilinear_resize(1.0 - s_lo.max(-1, keepdims=True), h, w)[..., 0]  # U(1 - max_c S_lo)
     scores = numpy_tile_scores(uncertainty, tile).reshape(b, -1)
@@ -62,7 +70,7 @@ def numpy_gated(model, x, tile, margin, fraction):
         for t in np.argsort(-scores[i], kind="stable")[:count]:
             y, x0 = (t // cols) * tile, (t % cols) * tile
             wy, wx = min(max(y - margin, 0), h - win_h), min(max(x0 - margin, 0), w - win_w)
-            s_hi = np.asarray(sub(x[i:i + 1, wy:wy + win_h, wx:wx + win_w]))[0]
+            s_hi = np.asarray(high(i, x[i:i + 1, wy:wy + win_h, wx:wx + win_w]))[0]
             ys, xs = slice(y, min(y + tile, h)), slice(x0, min(x0 + tile, w))
             hi = s_hi[y - wy:y - wy + ys.stop - y, x0 - wx:x0 - wx + xs.stop - x0]
             lo = up_lo[i, ys, xs]
@@ -194,6 +202,27 @@ def test_gated_matches_a_numpy_loop_over_tiles(model, height, width, tile, margi
     assert 0 < gate.mean() <= 1
 
 
+@pytest.mark.parametrize("trunk", ["resnet", "mobilenet"])
+def test_low_pooling_on_selected_tiles_matches_the_numpy_loop(model, trunk):
+    # The tiles' ASPP pooling reads the low scale's whole-image features: checked by value on the
+    # selected tiles (not only at fraction 1), for a ResNet and a MobileNetV3 trunk, BatchNorm
+    # statistics random so the folded passes are checked too.
+    if trunk == "mobilenet":
+        keras.utils.set_random_seed(4)
+        model = randomize_batchnorm(synergyseg.build_synergyseg(
+            NUM_CLASSES, backbone="mobilenetv3_small_minimal_cut16", head_filters=8, low_level_filters=8), 5)
+    x = images(2, 64, 96, seed=11)
+    gated = gated_synergyseg(model, tile_size=32, margin=8, fraction=0.34, pooling="low", scale_outputs=True)
+    out = gated(x)
+    expected, gate, up_lo, _ = numpy_gated(model, x, 32, 8, 0.34, pooling="low")
+    np.testing.assert_array_equal(np.asarray(out[GATE])[..., 0], gate)
+    assert 0 < gate.mean() < 1  # 2 of 6 tiles per image
+    np.testing.assert_allclose(np.asarray(out[FUSED]), expected, atol=1e-5)
+    # Where the tiles ran, per-tile pooling gives another answer: the low context is used.
+    tile_pooled, _, _, _ = numpy_gated(model, x, 32, 8, 0.34, pooling="tile")
+    assert np.abs(tile_pooled - expected)[gate == 1].max() > 1e-3
+
+
 def test_batch_members_are_gated_independently(model):
     x = images(3, 48, 80, seed=7)
     gated = gated_synergyseg(model, tile_size=16, margin=8, threshold=0.3)
@@ -282,9 +311,14 @@ def test_tflite_at_a_fixed_size_matches_keras(model, tmp_path, knobs):
     tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
     converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path), ["serving_default"])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    runner = make_interpreter(model_content=converter.convert()).get_signature_runner("serving_default")
+    content = converter.convert()
+    runner = make_interpreter(model_content=content).get_signature_runner("serving_default")
     x = images(1, 80, 112, seed=9)
     np.testing.assert_allclose(runner(images=x.numpy())["probabilities"], np.asarray(gated(x)), atol=1e-5)
+    # What XNNPACK leaves to the interpreter: tile ranking, gathers and the paste, never a conv.
+    left = undelegated_ops(content)
+    print(f"{knobs}: ops XNNPACK does not take: {left}")
+    assert not {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} & set(left), left
 
 
 def test_evaluate_scores_and_times_gated_settings(tmp_path):
