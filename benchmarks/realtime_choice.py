@@ -7,7 +7,8 @@
 
 Accuracy: final.keras mIoU on the synthetic validation scenes, the mean over every seed trained
 (`benchmarks/realtime_options.py`: results/realtime_options.json, realtime_options_seeds.json,
-small_minimal_cut16.json; one row per option and seed, duplicates counted once). Speed: two-scale,
+small_minimal_cut16.json, deeplab_small_minimal_cut16.json; one row per option and seed, duplicates
+counted once). Speed: two-scale,
 fused at the decoder, 512x1024, TFLite float32, class map at stride 1, from
 results/realtime_speed.json (`benchmarks/realtime_speed.py`, idle machine). The best mIoU is over
 every trained option; only options timed and trained with `MIN_SEEDS` (3) seeds can be picked.
@@ -22,7 +23,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-ACCURACY_FILES = ("realtime_options.json", "realtime_options_seeds.json", "small_minimal_cut16.json")
+ACCURACY_FILES = ("realtime_options.json", "realtime_options_seeds.json", "small_minimal_cut16.json",
+                  "deeplab_small_minimal_cut16.json")
 SPEED_FILE = "realtime_speed.json"
 SPEED_ENTRY = {"size": "512x1024", "variant": "two-scale (decoder)", "path": "tflite-fp32",
                "class_map_stride": 1}
