@@ -99,7 +99,7 @@ def test_main_trains_then_evaluates_the_run_folder(tmp_path, capsys, monkeypatch
     assert train.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert f"finished run (final.keras, metrics.json); pass another --run-dir" in err
+    assert "finished run (final.keras, metrics.json); pass another --run-dir" in err
     assert f"python evaluate.py {run}" in err
     assert train.main(argv + ["--epochs", "2"]) == 2
     err = capsys.readouterr().err
