@@ -75,6 +75,13 @@ for line in sys.stdin.buffer:
 """
 
 
+# The line TensorFlow's TFLite converter prints (C++, stderr) for every int8 conversion; a user
+# cannot act on it (the settings it names are the ones synergyseg.export chose).
+CONVERTER_LINES = (
+    r"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+",
+)
+
+
 def start_up_line_patterns(has_gpu=None):
     """Regular expressions, each matching one whole known start-up line (without its newline).
 

@@ -159,3 +159,31 @@ def test_one_function_per_model_timed_warns_of_no_retracing(caplog):
     assert six_functions(tf.function)  # the warning this guards against, with a plain tf.function
     assert six_functions(traced) == []
     assert float(traced(lambda x: x + 1, jit_compile=False)(tf.constant(1.0))) == 2.0
+
+
+def test_int8_export_does_not_print_the_converters_settings_line(tmp_path, capfd):
+    # TensorFlow's converter prints "fully_quantize: 0, inference_type: 6, ..." on stderr (C++) for
+    # every int8 conversion; synergyseg.export drops that line and nothing else.
+    import tensorflow as tf
+
+    from synergyseg.export.tflite import convert_tflite
+
+    def plain_int8(model):  # the converter without our filter: the reference that prints it
+        module = tf.Module()
+        module.variables_ = [v.value for v in model.variables]  # as tests/test_gated.py's TFLite test
+        module.serve = tf.function(lambda x: model(x, training=False),
+                                   input_signature=[tf.TensorSpec((1, 32, 48, 3), tf.float32)])
+        tf.saved_model.save(module, str(tmp_path / "plain"), signatures={"serving_default": module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "plain"))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [np.random.default_rng(0).uniform(0, 255, (1, 32, 48, 3)).astype("float32")] for _ in range(2))
+        converter.convert()
+
+    model = synergyseg.build_synergyseg(3, **tiny_kwargs())
+    capfd.readouterr()
+    plain_int8(model)
+    assert "fully_quantize:" in capfd.readouterr().err
+    images = [np.random.default_rng(i).integers(0, 256, (1, 32, 48, 3), dtype=np.uint8) for i in range(2)]
+    content = convert_tflite(model, (32, 48), "int8", images)
+    assert content and "fully_quantize:" not in capfd.readouterr().err

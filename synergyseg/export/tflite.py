@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from synergyseg.atomic import atomic_output
+from synergyseg.quiet import CONVERTER_LINES, start_up_lines_dropped
 from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module
 from synergyseg.export.serving import SERVING_OUTPUTS, build_serving_model
 from synergyseg.models.synergy import as_synergyseg
@@ -64,7 +65,8 @@ def _convert(serving, size, quantization, calibration_images):
             if not images:
                 raise ValueError("int8 TFLite needs at least one calibration image")
             converter.representative_dataset = lambda: ([image] for image in images)
-        return converter.convert()
+        with start_up_lines_dropped(CONVERTER_LINES):
+            return converter.convert()
 
 
 def convert_tflite(model, size, quantization="float32", calibration_images=None,
