@@ -1,8 +1,19 @@
 """Independent numpy references and shared checks for the model tests."""
 
+import importlib.util
+import os
+
 import numpy as np
 
 import keras
+
+
+def load_script(path):
+    """The module of a script that is not in a package (benchmarks/, docs/), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def bilinear_resize(x, out_h, out_w):

@@ -4,7 +4,6 @@
 No speed is checked: the smoke run's times are whatever the machine gives; only the bookkeeping is.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,19 +11,14 @@ import sys
 
 import pytest
 
+from reference import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "realtime_speed.py")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("realtime_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_refuses_to_time_on_a_loaded_machine(monkeypatch, capsys):
-    script = _script()
+    script = load_script(SCRIPT)
     monkeypatch.setattr(script.os, "getloadavg", lambda: (script.MAX_LOAD, 0.0, 0.0))
     assert script.main(["--smoke"]) == 2
     assert "load average 0.50 >= 0.5" in capsys.readouterr().err
@@ -33,7 +27,7 @@ def test_refuses_to_time_on_a_loaded_machine(monkeypatch, capsys):
 @pytest.mark.parametrize("text", ["0,4", "1,1", "4,x", ""])
 def test_refuses_bad_class_map_strides(text, capsys):
     with pytest.raises(SystemExit) as raised:
-        _script().parse_args(["--smoke", "--class-map-strides", text])
+        load_script(SCRIPT).parse_args(["--smoke", "--class-map-strides", text])
     assert raised.value.code == 2
     assert f"--class-map-strides must be distinct positive integers separated by commas, got {text!r}" in \
         capsys.readouterr().err

@@ -1,6 +1,5 @@
 """docs/figure.py, the README picture: image | overlay | uncertainty from a two-scale run."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -8,15 +7,10 @@ from PIL import Image
 
 import synergyseg
 from synergyseg.predict import overlay, uncertainty_image
+from reference import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _figure():
-    spec = importlib.util.spec_from_file_location("figure", os.path.join(ROOT, "docs", "figure.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+FIGURE = os.path.join(ROOT, "docs", "figure.py")
 
 
 def test_three_panels_are_the_image_its_overlay_and_the_uncertainty(synthetic_run, tmp_path):
@@ -24,7 +18,7 @@ def test_three_panels_are_the_image_its_overlay_and_the_uncertainty(synthetic_ru
     source = tmp_path / "scene.png"
     Image.fromarray(image).save(source)
     out = tmp_path / "figure.png"
-    assert _figure().main([str(synthetic_run.run_dir), "--image", str(source), "--out", str(out)]) == 0
+    assert load_script(FIGURE).main([str(synthetic_run.run_dir), "--image", str(source), "--out", str(out)]) == 0
     picture = np.asarray(Image.open(out))
     h, w = synthetic_run.size
     assert picture.shape == (h, 3 * w, 3)
@@ -41,6 +35,6 @@ def test_three_panels_are_the_image_its_overlay_and_the_uncertainty(synthetic_ru
 
 def test_a_missing_image_is_named_and_nothing_is_written(synthetic_run, tmp_path, capsys):
     out = tmp_path / "figure.png"
-    assert _figure().main([str(synthetic_run.run_dir), "--image", str(tmp_path / "nope.jpg"),
+    assert load_script(FIGURE).main([str(synthetic_run.run_dir), "--image", str(tmp_path / "nope.jpg"),
                            "--out", str(out)]) == 1
     assert "nope.jpg" in capsys.readouterr().err and not out.exists()

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from reference import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = os.path.join(ROOT, "benchmarks", "fusion_study.py")
 
@@ -45,13 +47,9 @@ def test_study_trains_each_variant_writes_the_table_and_skips_finished_runs(tmp_
 def test_both_regimes_keep_the_budget_their_committed_records_were_trained_at():
     # The main job trains fewer epochs than the study (README); the study's records were trained
     # at 15 x 50 steps, so each regime pins its epochs instead of following the preset.
-    import importlib.util
-
     from synergyseg.training.config import SYNTHETIC_STUDY_EPOCHS, preset
 
-    spec = importlib.util.spec_from_file_location("fusion_study", STUDY)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_script(STUDY)
     assert SYNTHETIC_STUDY_EPOCHS == 15 != preset("synthetic").epochs
     assert {name: overrides["epochs"] for name, overrides in study.REGIMES.items()} == {
         "synthetic": 15, "large": 15}

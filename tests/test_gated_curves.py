@@ -4,26 +4,20 @@ The script composes any choice of tiles from the fraction-0 and fraction-1 maps;
 GatedSynergySeg itself at that fraction, scored by the evaluator on the same images.
 """
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
+from reference import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gated_curves.py")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("gated_curves", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tile_confusions_count_each_pixel_once_in_its_tile():
-    script = _script()
+    script = load_script(SCRIPT)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (7, 11))
     labels[0, 0] = 255  # ignored
@@ -46,7 +40,7 @@ def test_gate_curve_equals_the_gated_model_scored_by_the_evaluator(synthetic_run
     out = tmp_path / "curves"
     data = str(synthetic_run.data_dir / "val-*.tfrecord")
     # 48x96 scenes in 16-px tiles: 18 tiles, so fraction 0.25 takes 5 (4.5 rounded half up).
-    assert _script().main(["--model", str(synthetic_run.run_dir), "--data", data, "--tile-sizes", "16",
+    assert load_script(SCRIPT).main(["--model", str(synthetic_run.run_dir), "--data", data, "--tile-sizes", "16",
                            "--margins", "8", "--fractions", "0.25", "1", "--draws", "3",
                            "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
@@ -76,5 +70,5 @@ def test_refuses_a_fusion_that_is_not_pixelwise(tmp_path):
     path = tmp_path / "attention.keras"
     synergyseg.build_synergyseg(3, backbone="resnet18", backbone_width=8, fusion="attention").save(path)
     with pytest.raises(SystemExit) as raised:
-        _script().main(["--model", str(path), "--data", str(tmp_path / "none-*.tfrecord")])
+        load_script(SCRIPT).main(["--model", str(path), "--data", str(tmp_path / "none-*.tfrecord")])
     assert "fusion 'attention' is not pixelwise" in str(raised.value)

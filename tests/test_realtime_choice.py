@@ -1,25 +1,19 @@
 """benchmarks/realtime_choice.py: issue 18's rule, and the presets it picked from the committed tables."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
+from reference import load_script
 from synergyseg.training.config import REALTIME_FAST_MODEL, REALTIME_MODEL, RunConfig, preset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("realtime_choice", os.path.join(ROOT, "benchmarks", "realtime_choice.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+CHOICE = os.path.join(ROOT, "benchmarks", "realtime_choice.py")
 
 
 def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
-    script = _script()
+    script = load_script(CHOICE)
     mious = {"realtime-a": [71.0, 71.2, 71.1], "realtime-b": [69.5, 69.0, 70.0], "realtime-c": [65.0, 66.0, 64.0],
              "realtime-d": [60.0, 60.0, 60.0], "realtime-untimed": [71.5]}
     ms = {"realtime-a": 80.0, "realtime-b": 50.0, "realtime-c": 30.0, "realtime-d": 20.0}
@@ -45,7 +39,7 @@ def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
 
 
 def test_rows_of_one_run_in_several_files_count_once(tmp_path):
-    script = _script()
+    script = load_script(CHOICE)
     row = lambda seed, miou: {"option": "realtime-x", "fuse_at": "decoder", "seed": seed, "final_mean_iou": miou}
     (tmp_path / "a.json").write_text(json.dumps({"rows": [row(0, 0.60), row(1, 0.62)]}))
     # An older file without seeds: the preset's seed, the same run as seed 0 above.
@@ -57,7 +51,7 @@ def test_rows_of_one_run_in_several_files_count_once(tmp_path):
 
 
 def test_the_presets_are_the_rules_choice_of_the_committed_tables():
-    choice = _script().committed_choice()
+    choice = load_script(CHOICE).committed_choice()
     for model, option in ((REALTIME_MODEL, choice["realtime"]), (REALTIME_FAST_MODEL, choice["realtime_fast"])):
         assert option is not None
         assert {k: getattr(preset(option), k) for k in model} == model, option
