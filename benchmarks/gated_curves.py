@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from synergyseg.atomic import write_json, write_text  # noqa: E402
-from synergyseg.evaluation import validation_batches  # noqa: E402
+from synergyseg.evaluation import MODEL_KEY, Predictor, evaluate_batches, validation_batches  # noqa: E402
 from synergyseg.evaluation.confusion import scores_from_confusion  # noqa: E402
 from synergyseg.evaluation.speed import traced  # noqa: E402
 from synergyseg.models.gated import (  # noqa: E402
@@ -121,15 +121,6 @@ def curves(images, fractions, draws, seed=0):
     return rows
 
 
-def two_scale_miou(model, batches, num_classes):
-    run = traced(lambda x: tf.argmax(model(x, training=False), -1))
-    total = np.zeros((num_classes, num_classes), np.int64)
-    for image, label, _ in batches:
-        predicted = np.asarray(run(tf.cast(image, tf.float32)))[0]
-        total += tile_confusions(np.asarray(label)[0], predicted, max(predicted.shape), num_classes).sum(0)
-    return miou(total)
-
-
 def markdown(result):
     lines = [f"Model `{result['model']}` ({result['fuse_at']}-fused {result['fusion']}), "
              f"{result['images']} validation images of {result['size'][0]}x{result['size'][1]}: two-scale "
@@ -186,15 +177,18 @@ def main(argv=None):
                          "tiles_per_image": len(images[0]["score"]), "every_tile": every,
                          "low": choice_miou(images, [[] for _ in images]),
                          "curve": curves(images, args.fractions, args.draws)})
+    # The two-scale model as served (its own fuse_at), scored by the evaluator.
+    two_scale = evaluate_batches(Predictor(model), batches, num_classes, progress=False)[MODEL_KEY].scores()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"command": " ".join(["python", "benchmarks/gated_curves.py", *sys.argv[1:]]),
               "date": datetime.datetime.now().isoformat(timespec="minutes"), "commit": commit,
               "model": path, "fusion": fusion, "fuse_at": model.fuse_at, "data": data, "images": len(batches),
-              "size": [height, width], "two_scale": two_scale_miou(model, batches, num_classes),
+              "size": [height, width], "two_scale": float(two_scale.mean_iou),
               "low": settings[0]["low"], "settings": settings}
     write_json(args.out + ".json", result)
-    write_text(args.out + ".md", markdown(result))
-    print(markdown(result))
+    text = markdown(result)
+    write_text(args.out + ".md", text)
+    print(text)
     print(f"wrote {args.out}.json and {args.out}.md")
     return 0
 

@@ -7,10 +7,10 @@ import numpy as np
 import tensorflow as tf
 
 from synergyseg.atomic import atomic_output
-from synergyseg.quiet import CONVERTER_LINES, start_up_lines_dropped
 from synergyseg.export.saved_model import SIGNATURE_KEY, serving_module
 from synergyseg.export.serving import SERVING_OUTPUTS, build_serving_model
 from synergyseg.models.synergy import as_synergyseg
+from synergyseg.quiet import CONVERTER_LINES, start_up_lines_dropped
 
 QUANTIZATIONS = ("float32", "float16", "int8")
 # Odd sizes convert and match Keras (tests/test_export.py: 33x47 and 48x96; no multiple needed:

@@ -20,7 +20,7 @@ from keras import ops
 from synergyseg.models.fusion import _Fusion, fusion_name, make_fusion
 from synergyseg.models.names import FUSED, S_LO, UNCERTAINTY
 from synergyseg.models.resize import Downsample, resize_bilinear, spatial_size
-from synergyseg.models.rewrite import fold_batchnorm, rewrite_for_inference
+from synergyseg.models.rewrite import rewrite_for_inference
 from synergyseg.models.synergy import as_synergyseg, two_scale_config, two_scale_parts
 
 # Tiles of 128 px with a 16 px margin and a quarter of them, from benchmarks/gated_curves.py on the

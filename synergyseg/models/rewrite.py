@@ -384,7 +384,7 @@ class _Rewriter:
             return op  # a stateless keras.ops operation: called again as it is
         config = op.get_config()
         config["name"] = name
-        if isinstance(op, CONVS) and (decision is not None or bn is not None or self.dilated_as_taps):
+        if isinstance(op, CONVS):
             if decision is not None:
                 (r0, r1), (c0, c1) = decision
                 config["kernel_size"] = (r1 - r0 + 1, c1 - c0 + 1)
@@ -392,24 +392,31 @@ class _Rewriter:
                                                 zip(op.dilation_rate, config["kernel_size"]))
             if bn is not None:
                 config["use_bias"] = True
-            weights = _folded_weights(op, bn, decision)
-            if self.dilated_as_taps and _as_taps(op, config):
-                layer = TapConv2D(config["filters"], config["kernel_size"], config["dilation_rate"],
-                                  activation=config["activation"], use_bias=config["use_bias"], name=name,
-                                  dtype=op.dtype_policy)
-                weights["kernel"] = TapConv2D.kernel_from_conv(weights["kernel"])
-            else:
-                layer = op.__class__.from_config(config)
+            as_taps = self.dilated_as_taps and _as_taps(op, config)
+            if decision is not None or bn is not None or as_taps:
+                return self._rewritten_conv(op, decision, bn, config, as_taps, pending)
+        # Unchanged (a conv included): the same class and config, the weights as they are.
+        layer = op.__class__.from_config(config)
+        weights = op.get_weights()
+        pending[id(layer)] = lambda: layer.set_weights(weights)
+        return layer
 
-            def assign():
-                for attribute, value in weights.items():
-                    getattr(layer, attribute).assign(value.astype(getattr(layer, attribute).dtype))
+    @staticmethod
+    def _rewritten_conv(op, decision, bn, config, as_taps, pending):
+        """The conv `op` with its dropped taps (`decision`), folded `bn` and/or as a `TapConv2D`."""
+        weights = _folded_weights(op, bn, decision)
+        if as_taps:
+            layer = TapConv2D(config["filters"], config["kernel_size"], config["dilation_rate"],
+                              activation=config["activation"], use_bias=config["use_bias"],
+                              name=config["name"], dtype=op.dtype_policy)
+            weights["kernel"] = TapConv2D.kernel_from_conv(weights["kernel"])
         else:
             layer = op.__class__.from_config(config)
-            weights = op.get_weights()
 
-            def assign():
-                layer.set_weights(weights)
+        def assign():
+            for attribute, value in weights.items():
+                getattr(layer, attribute).assign(value.astype(getattr(layer, attribute).dtype))
+
         pending[id(layer)] = assign
         return layer
 
