@@ -163,7 +163,10 @@ def main(argv=None):
         sys.exit(f"{path}: fusion {fusion!r} is not pixelwise; a choice's map is not the fraction-1 map on "
                  "its tiles, so the curves cannot be read from two passes")
     data = args.data or RunFolder.of_model(path).config().val_files
-    batches = list(validation_batches(data, 1, limit=args.limit))
+    try:
+        batches = list(validation_batches(data, 1, limit=args.limit))
+    except FileNotFoundError as error:  # names the pattern that matched nothing
+        sys.exit(f"--data: {error}")
     if not batches:
         sys.exit(f"{data}: no validation images")
     num_classes = model.num_classes

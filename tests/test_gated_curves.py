@@ -72,3 +72,11 @@ def test_refuses_a_fusion_that_is_not_pixelwise(tmp_path):
     with pytest.raises(SystemExit) as raised:
         load_script(SCRIPT).main(["--model", str(path), "--data", str(tmp_path / "none-*.tfrecord")])
     assert "fusion 'attention' is not pixelwise" in str(raised.value)
+
+
+def test_data_that_matches_no_file_is_named_with_a_clean_exit(synthetic_run, tmp_path):
+    with pytest.raises(SystemExit) as raised:
+        load_script(SCRIPT).main(["--model", str(synthetic_run.run_dir), "--data", str(tmp_path / "none-*.tfrecord"),
+                                  "--out", str(tmp_path / "curves")])
+    assert "--data:" in str(raised.value) and "none-*.tfrecord" in str(raised.value)
+    assert not list(tmp_path.glob("curves*"))  # nothing written
