@@ -92,15 +92,18 @@ def test_jpeg_option_reencodes_images(tmp_path):
     assert abs(got_image.numpy().mean() - image.mean()) < 5
 
 
-def _convert_cli(root, out, *extra):
+def _run_script(path, *args):
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets",
-                          "cityscapes.py")
-    return subprocess.run([sys.executable, script, "--root", root, "--out", out, "--splits", "val",
-                           "--num-shards", "1", "--workers", "1", *extra],
-                          capture_output=True, text=True, timeout=300)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _convert_cli(root, out, *extra):
+    return _run_script("datasets/cityscapes.py", "--root", root, "--out", out, "--splits", "val",
+                       "--num-shards", "1", "--workers", "1", *extra)
 
 
 def test_a_truncated_image_is_refused_by_name_and_nothing_is_written(tmp_path):
@@ -141,3 +144,32 @@ def test_ids_outside_the_official_34_are_counted_or_refused_with_strict(tmp_path
         cityscapes.encode_pair((image_path, label_path, "png", True))
     result = _convert_cli(root, str(tmp_path / "strict"), "--strict")
     assert result.returncode != 0 and "43 pixels have label ids" in result.stderr
+
+
+def test_synthetic_scenes_in_cityscapes_layout_convert_to_their_classes(tmp_path, labels):
+    """`datasets/synthetic.py --layout cityscapes` writes files the converter reads as it reads
+    Cityscapes: each synthetic class arrives as the official class of its name (via the official
+    label ids), the ego vehicle's hood and the rectification border as ignored pixels."""
+    from synergyseg.data import synthetic, synthetic_cityscapes
+
+    root, out = str(tmp_path / "root"), str(tmp_path / "out")
+    synthetic_cityscapes.generate(root, num_train=3, num_val=2, height=64, width=128, log=None)
+    assert len(os.listdir(os.path.join(root, "leftImg8bit", "train"))) == 3  # one city per scene
+    cityscapes.convert(root, out, splits=("val",), num_shards=1, workers=1, log=None)
+    got = list(data.eval_dataset(os.path.join(out, "val-*.tfrecord")))
+    assert len(got) == 2
+    official = {label.name: label.trainId for label in labels.labels}
+    for i, (image, label) in enumerate(got):
+        want_image, want_label = synthetic.render_scene(
+            (synthetic_cityscapes.CITYSCAPES_SEED_OFFSET, 1, i), 64, 128)
+        want = np.array([official[name] for name in data.SYNTHETIC.class_names])[want_label]
+        label = label[0].numpy()
+        hood = label == 255
+        assert hood[1:-1, 1:-1].any() and not hood[1:-1, 1:-1][:40].any()  # bottom rows only
+        assert hood[0].all() and hood[-1].all() and hood[:, 0].all() and hood[:, -1].all()
+        np.testing.assert_array_equal(label[~hood], want[~hood])
+        np.testing.assert_array_equal(image[0].numpy()[1:-1, 1:-1][:40], want_image[1:-1, 1:-1][:40])
+    # A second run into the same root is refused, naming it, and leaves it as it was.
+    again = _run_script("datasets/synthetic.py", "--layout", "cityscapes", "--out", root)
+    assert again.returncode != 0 and root in again.stderr
+    assert len(os.listdir(os.path.join(root, "leftImg8bit", "val"))) == 2
