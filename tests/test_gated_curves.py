@@ -80,3 +80,22 @@ def test_data_that_matches_no_file_is_named_with_a_clean_exit(synthetic_run, tmp
                                   "--out", str(tmp_path / "curves")])
     assert "--data:" in str(raised.value) and "none-*.tfrecord" in str(raised.value)
     assert not list(tmp_path.glob("curves*"))  # nothing written
+
+
+def test_gated_speed_times_a_preset_as_train_py_builds_it():
+    """benchmarks/gated_speed.py part 2 on the real-time preset: the served model (decoder-fused,
+    19 classes) beside its gated form; conv FLOPs follow the pixels (the half-size pass costs a
+    quarter of the full one), whatever the code that times them."""
+    import argparse
+
+    script = load_script(os.path.join(ROOT, "benchmarks", "gated_speed.py"))
+    model = script.timing_model("realtime-cityscapes")
+    assert model.num_classes == 19 and model.fuse_at == "decoder" and model.head == "lraspp"
+    args = argparse.Namespace(tile_size=32, margin=8, timing_fractions=[0.0, 1.0], timing_repeats=1)
+    result = script.timing_only(args, "realtime-cityscapes", 64, 128)
+    rows = {r["model"]: r for r in result["rows"]}
+    assert list(rows) == ["single-scale", "two-scale", "two-scale rewritten", "gated 0", "gated 1"]
+    assert rows["single-scale"]["flops_vs_two_scale"] == pytest.approx(1 / 1.25, abs=0.03)
+    assert rows["gated 0"]["flops_vs_two_scale"] == pytest.approx(0.25 / 1.25, abs=0.03)
+    assert rows["gated 1"]["flops"] > rows["two-scale"]["flops"]  # every tile plus its margins
+    assert all(r["latency_ms"] > 0 and r["cpu_ms"] > 0 for r in rows.values())
