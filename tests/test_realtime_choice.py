@@ -33,6 +33,10 @@ def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
     # One or two seeds: counted in the best mIoU, not picked (a seed moves an option > 2 points).
     few = script.choose({**mious, "realtime-e": [70.0, 70.5]}, {**ms, "realtime-e": 10.0})
     assert few["realtime"] == "realtime-b" and few["realtime_fast"] == "realtime-c"
+    # Within 15 % of the fastest time is a tie, won by the more accurate option; beyond it, speed.
+    tie = {"realtime-a": [70.0] * 3, "realtime-b": [71.0] * 3}
+    assert script.choose(tie, {"realtime-a": 70.0, "realtime-b": 80.0})["realtime"] == "realtime-b"
+    assert script.choose(tie, {"realtime-a": 70.0, "realtime-b": 81.0})["realtime"] == "realtime-a"
     # 33.34 ms is 29.99 FPS: short of 30 even though its FPS column rounds to 30.0.
     edge = script.choose({"realtime-a": [70.0] * 3}, {"realtime-a": 33.34})
     assert edge["rows"][0]["fps"] == 30.0 and edge["realtime_fast"] is None
