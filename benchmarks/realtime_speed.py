@@ -34,6 +34,7 @@ import argparse
 import gc
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -541,6 +542,10 @@ def parse_args(argv=None):
                                                     "with --smoke a temporary folder)")
     parser.add_argument("--smoke", action="store_true", help="plumbing check: 64x128, 1 round, two models")
     parser.add_argument("--force", action="store_true", help=f"run even if the 1-minute load is >= {MAX_LOAD}")
+    parser.add_argument("--before-timing", default=None, metavar="COMMAND",
+                        help="shell command run after the conversions, before waiting for an idle "
+                             "machine (e.g. one that pauses other jobs); with it the load is checked "
+                             "then instead of at the start")
     parser.add_argument("--idle-wait", type=float, default=300,
                         help=f"seconds to wait, after the conversions and before timing, for the load they "
                              f"raised to fall below {MAX_LOAD} (0 with --smoke)")
@@ -576,7 +581,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = load_record()
-    if start["loadavg"][0] >= MAX_LOAD and not args.force:
+    if start["loadavg"][0] >= MAX_LOAD and not (args.force or args.before_timing):
         print(f"refusing to time: 1-minute load average {start['loadavg'][0]:.2f} >= {MAX_LOAD} "
               f"({start['uptime']}); wait for an idle machine or pass --force", file=sys.stderr)
         return 2
@@ -586,6 +591,9 @@ def main(argv=None):
     started = time.perf_counter()
     entries = prepare(args)
     prepare_s = time.perf_counter() - started
+    if args.before_timing:  # e.g. pause the machine's other jobs once the conversions are done
+        print(f"running --before-timing: {args.before_timing}", flush=True)
+        subprocess.run(args.before_timing, shell=True, check=True)
     before = wait_for_idle(args.idle_wait)  # after our own conversions' load
     others = {}
     for size in args.sizes:

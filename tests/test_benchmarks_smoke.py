@@ -37,9 +37,12 @@ def test_smoke_run_writes_entries_and_ratios_of_its_own_times(tmp_path):
     pytest.importorskip("keras_hub")  # the `bench` extra
     out = tmp_path / "realtime_speed"
     # One TFLite path keeps the run short; int8 goes through the same code with a calibration set.
+    # --before-timing runs its command once the conversions are done (here it leaves a file).
     subprocess.run([sys.executable, SCRIPT, "--smoke", "--force", "--paths", "tflite-fp32,keras",
+                    "--before-timing", f"echo converted > {tmp_path / 'hook'}",
                     "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600,
                    env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])))
+    assert (tmp_path / "hook").read_text() == "converted\n"
     result = json.loads((tmp_path / "realtime_speed.json").read_text())
     assert {"command", "date", "cpu", "versions", "load", "others_cpu_share", "settings", "entries",
             "ratios"} <= set(result)
