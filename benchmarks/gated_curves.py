@@ -14,7 +14,10 @@ tiles per image (k = the gated model's count for the fraction, halves up):
     gate     the k tiles of highest mean uncertainty U(1 - max_c S_lo) (what GatedSynergySeg runs)
     random   k tiles drawn at random per image (--draws draws: mean and std)
     oracle   the k tiles where the fraction-1 map is right on the most more pixels than the
-             fraction-0 map (an upper bound for any tile score)
+             fraction-0 map (the best choice by pixels fixed; mIoU weighs classes, so a
+             score can beat it by a little)
+    --scores other statistics of each tile's uncertainty ranked the same way (max, 90th
+             percentile, mean square), to choose the score by the curves
 
 beside the two-scale model itself and the low scale alone; "tiling cost" is the two-scale mIoU
 minus the fraction-1 mIoU (what cutting the image into windows loses). Writes OUT.json and
@@ -45,6 +48,8 @@ from synergyseg.models.synergy import as_synergyseg  # noqa: E402
 from synergyseg.run_folder import RunFolder, load_model, resolve_model_path  # noqa: E402
 
 FRACTIONS = (0.1, 0.25, 0.4, 0.6)
+# Tile scores compared with the model's own (the mean), each a statistic of a tile's uncertainty.
+SCORES = {"max": np.max, "p90": lambda u: np.quantile(u, 0.9), "mean_square": lambda u: np.mean(u ** 2)}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "gated_curves")
 
@@ -69,8 +74,18 @@ def tile_confusions(labels, predicted, tile_size, num_classes):
     return out
 
 
-def collect(model, batches, tile_size, margin, pooling, num_classes):
-    """Per image: the fraction-0 and fraction-1 tile confusions and the tiles' gate scores."""
+def tile_statistics(uncertainty, tile_size, names):
+    """`{name: (rows * cols,) score}` of each tile of a `tile_size` grid of a `(h, w)` map, for the
+    statistics of `SCORES` named (the last row and column cut at the edge)."""
+    h, w = uncertainty.shape
+    tiles = [uncertainty[r * tile_size:(r + 1) * tile_size, c * tile_size:(c + 1) * tile_size]
+             for r, c in itertools.product(range(-(-h // tile_size)), range(-(-w // tile_size)))]
+    return {name: np.array([SCORES[name](t) for t in tiles]) for name in names}
+
+
+def collect(model, batches, tile_size, margin, pooling, num_classes, scores=()):
+    """Per image: the fraction-0 and fraction-1 tile confusions, the tiles' gate scores and the
+    other `scores` of their uncertainty."""
     low = gated_synergyseg(model, tile_size, margin, fraction=0.0, pooling=pooling, scale_outputs=True)
     every = gated_synergyseg(model, tile_size, margin, fraction=1.0, pooling=pooling)
 
@@ -89,7 +104,8 @@ def collect(model, batches, tile_size, margin, pooling, num_classes):
         images.append({
             "low": tile_confusions(label, np.asarray(lo)[0], tile_size, num_classes),
             "all": tile_confusions(label, np.asarray(all_tiles)[0], tile_size, num_classes),
-            "score": np.asarray(tile_scores(uncertainty, tile_size))[0].ravel()})
+            "score": np.asarray(tile_scores(uncertainty, tile_size))[0].ravel(),
+            "scores": tile_statistics(np.asarray(uncertainty)[0], tile_size, scores)})
     return images
 
 
@@ -110,14 +126,19 @@ def curves(images, fractions, draws, seed=0):
     for fraction in fractions:
         counts = [int(tiles_for_fraction(fraction, len(i["score"]))) for i in images]
         # Ranked as GatedSynergySeg ranks (top_k: the highest first, ties to the lower index).
-        gate = [np.argsort(-i["score"], kind="stable")[:k] for i, k in zip(images, counts)]
+        def ranked(score):
+            return [np.argsort(-score(i), kind="stable")[:k] for i, k in zip(images, counts)]
+
+        gate = ranked(lambda i: i["score"])
         oracle = [np.argsort(-g, kind="stable")[:k] for g, k in zip(gain, counts)]
         random = [choice_miou(images, [rng.choice(len(i["score"]), k, replace=False) for i, k in zip(images, counts)])
                   for _ in range(draws)]
         rows.append({"fraction": fraction, "tiles_per_image": float(np.mean(counts)),
                      "gate": choice_miou(images, gate), "oracle": choice_miou(images, oracle),
                      "random_mean": float(np.mean(random)), "random_std": float(np.std(random, ddof=1)),
-                     "random_draws": draws})
+                     "random_draws": draws,
+                     "other_scores": {name: choice_miou(images, ranked(lambda i, n=name: i["scores"][n]))
+                                      for name in images[0]["scores"]}})
     return rows
 
 
@@ -134,6 +155,11 @@ def markdown(result):
             lines.append(f"| {r['fraction']:g} | {r['tiles_per_image']:.1f} | {100 * r['gate']:.1f} | "
                          f"{100 * r['random_mean']:.1f} ± {100 * r['random_std']:.1f} | {100 * r['oracle']:.1f} | "
                          f"{100 * (r['gate'] - result['two_scale']):+.1f} | {100 * (r['oracle'] - r['gate']):+.1f} |")
+        names = list(s["curve"][0]["other_scores"])
+        if names:
+            lines += ["", "Other tile scores, the gate's mIoU at the same fractions: " + "; ".join(
+                f"{name} " + " / ".join(f"{100 * r['other_scores'][name]:.1f}" for r in s["curve"])
+                for name in names) + "."]
         lines.append("")
     return "\n".join(lines)
 
@@ -150,6 +176,8 @@ def parse_args(argv=None):
     p.add_argument("--pooling", nargs="+", default=[DEFAULT_POOLING], choices=("tile", "low"))
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     p.add_argument("--draws", type=int, default=20, help="random choices per fraction")
+    p.add_argument("--scores", nargs="*", default=list(SCORES), choices=list(SCORES),
+                   help="other tile scores ranked beside the model's mean uncertainty")
     p.add_argument("--out", default=RESULTS, help="output path without extension (.json and .md)")
     return p.parse_args(argv)
 
@@ -174,7 +202,7 @@ def main(argv=None):
     settings = []
     for tile_size, margin, pooling in itertools.product(args.tile_sizes, args.margins, args.pooling):
         print(f"tiles {tile_size}, margin {margin}, pooling {pooling}: {len(batches)} images...", flush=True)
-        images = collect(model, batches, tile_size, margin, pooling, num_classes)
+        images = collect(model, batches, tile_size, margin, pooling, num_classes, args.scores)
         every = choice_miou(images, [np.arange(len(i["score"])) for i in images])
         settings.append({"tile_size": tile_size, "margin": margin, "pooling": pooling,
                          "tiles_per_image": len(images[0]["score"]), "every_tile": every,
