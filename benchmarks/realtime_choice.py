@@ -12,8 +12,9 @@ Accuracy: final.keras mIoU on the synthetic validation scenes, the mean over eve
 small_minimal_cut16.json, deeplab_small_minimal_cut16.json; one row per option and seed, duplicates
 counted once). Speed: two-scale,
 fused at the decoder, 512x1024, TFLite float32, class map at stride 1, from
-results/realtime_speed.json (`benchmarks/realtime_speed.py`, idle machine). The best mIoU is over
-every trained option; only options timed and trained with `MIN_SEEDS` (3) seeds can be picked.
+results/realtime_speed_all.json (`benchmarks/realtime_speed.py`, idle machine: every option in one
+run, so their times compare). The best mIoU is over every trained option; only options timed and
+trained with `MIN_SEEDS` (3) seeds can be picked; options timed but not trained are listed.
 tests/test_realtime_choice.py checks that
 the presets in synergyseg/training/config.py are this choice of the committed tables.
 """
@@ -27,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 ACCURACY_FILES = ("realtime_options.json", "realtime_options_seeds.json", "small_minimal_cut16.json",
                   "deeplab_small_minimal_cut16.json")
-SPEED_FILE = "realtime_speed.json"
+SPEED_FILE = "realtime_speed_all.json"
 SPEED_ENTRY = {"size": "512x1024", "variant": "two-scale (decoder)", "path": "tflite-fp32",
                "class_map_stride": 1}
 PRESET_SEED = 0  # RunConfig's default seed
@@ -78,15 +79,16 @@ def choose(mious, ms):
     qualifies: an untimed option more accurate than every timed one leaves `realtime` to be timed
     first)."""
     rows = []
-    for option in sorted(mious, key=lambda o: (o not in ms, ms.get(o, 0.0), o)):
-        values = mious[option]
-        rows.append({"option": option, "seeds": len(values), "miou": round(sum(values) / len(values), 2),
+    for option in sorted(set(mious) | set(ms), key=lambda o: (o not in ms, ms.get(o, 0.0), o)):
+        values = mious.get(option, [])  # timed but not trained yet: listed, never picked
+        rows.append({"option": option, "seeds": len(values),
+                     "miou": round(sum(values) / len(values), 2) if values else None,
                      "miou_per_seed": [round(v, 2) for v in values], "ms": ms.get(option),
                      "fps": round(1000 / ms[option], 1) if option in ms else None})
-    if not rows:
-        return {"rows": [], "best_miou": None, "realtime": None, "realtime_fast": None}
-    best = max(r["miou"] for r in rows)
-    timed = [r for r in rows if r["ms"] is not None and r["seeds"] >= MIN_SEEDS]
+    if not mious:
+        return {"rows": rows, "best_miou": None, "realtime": None, "realtime_fast": None}
+    best = max(r["miou"] for r in rows if r["miou"] is not None)
+    timed = [r for r in rows if r["ms"] is not None and r["miou"] is not None and r["seeds"] >= MIN_SEEDS]
     close = [r for r in timed if r["miou"] >= best - MARGIN]
     fast = [r for r in timed if fast_enough(r["ms"])]
     realtime = None
@@ -105,6 +107,9 @@ def markdown(choice):
         timed = r["ms"] is not None
         ms, fps = (f"{r['ms']:.1f}", f"{r['fps']:.1f}") if timed else ("not timed", "-")
         fast = ("yes" if fast_enough(r["ms"]) else "no") if timed else "-"
+        if r["miou"] is None:
+            lines.append(f"| {r['option']} | 0 | not trained | - | {ms} | {fps} | - | {fast} |")
+            continue
         close = "yes" if r["miou"] >= choice["best_miou"] - MARGIN else "no"
         per_seed = " / ".join(f"{v:.1f}" for v in r["miou_per_seed"])
         lines.append(f"| {r['option']} | {r['seeds']} | {r['miou']:.1f} | {per_seed} | {ms} | {fps} | {close} | {fast} |")

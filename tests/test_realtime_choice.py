@@ -33,6 +33,11 @@ def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
     # One or two seeds: counted in the best mIoU, not picked (a seed moves an option > 2 points).
     few = script.choose({**mious, "realtime-e": [70.0, 70.5]}, {**ms, "realtime-e": 10.0})
     assert few["realtime"] == "realtime-b" and few["realtime_fast"] == "realtime-c"
+    # Timed but not trained: listed, not in the best mIoU, never picked however fast.
+    untrained = script.choose(mious, {**ms, "realtime-new": 5.0})
+    assert untrained["rows"][0]["option"] == "realtime-new" and untrained["rows"][0]["miou"] is None
+    assert (untrained["best_miou"], untrained["realtime"], untrained["realtime_fast"]) == (71.5, "realtime-b", "realtime-c")
+    assert "| realtime-new | 0 | not trained | - | 5.0 | 200.0 | - | yes |" in script.markdown(untrained)
     # Within 15 % of the fastest time is a tie, won by the more accurate option; beyond it, speed.
     tie = {"realtime-a": [70.0] * 3, "realtime-b": [71.0] * 3}
     assert script.choose(tie, {"realtime-a": 70.0, "realtime-b": 80.0})["realtime"] == "realtime-b"
