@@ -30,7 +30,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-DOC_FILES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+DOC_FILES = [README, ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_LANGUAGES = ("", "bash", "sh", "shell", "console")
 # A fenced block, possibly indented (inside a list item): its language and its text.
 FENCE = re.compile(r"^[ \t]*(```+)([\w+-]*)[ \t]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S)
