@@ -158,6 +158,68 @@ def test_a_killed_worker_stops_the_run_cleanly_and_a_restart_resumes_from_the_ch
     assert not os.path.exists(os.path.join(run, "backup"))
 
 
+def test_the_chief_validates_each_epoch_with_one_traced_step_and_scores_the_last_once(
+        tmp_path, monkeypatch):
+    """train()'s multi-worker path, in one process (the default strategy stands in for the
+    cluster; this process is the chief): each epoch's validation reuses the step Keras traced for
+    the first (a compile per epoch traced it again), and metrics.json is the last epoch's
+    validation, not a pass of its own, equal to a numpy count over final.keras's predictions."""
+    import keras
+    import tensorflow as tf
+
+    from synergyseg import data
+    from synergyseg.run_folder import load_synergyseg_model
+    from synergyseg.training import run as run_module
+    from synergyseg.training.config import preset
+
+    data_dir, run_dir = tmp_path / "data", tmp_path / "run"
+    data.synthetic.generate(str(data_dir), num_train=4, num_val=2, height=32, width=64, seed=0,
+                            num_shards=1, workers=1, log=None)
+    monkeypatch.setattr(run_module, "make_strategy", lambda name: tf.distribute.get_strategy())
+    passes, builds = [], []
+    evaluate, make_test_function = keras.Model.evaluate, keras.Model.make_test_function
+
+    def counted_evaluate(self, *args, **kwargs):
+        passes.append(id(self))
+        return evaluate(self, *args, **kwargs)
+
+    def counted_make_test_function(self, force=False):
+        if self.test_function is None or force:
+            builds.append(id(self))
+        return make_test_function(self, force)
+
+    monkeypatch.setattr(keras.Model, "evaluate", counted_evaluate)
+    monkeypatch.setattr(keras.Model, "make_test_function", counted_make_test_function)
+    config = preset("synthetic", data_dir=str(data_dir), run_dir=str(run_dir), epochs=3,
+                    steps_per_epoch=1, batch_size=2, crop_size=(32, 64), backbone_width=8,
+                    head_filters=16, head="lraspp", fusion="high", tensorboard_images=0,
+                    strategy="multiworker")
+    result = run_module.train(config, log=lambda *a: None)
+    assert result["steps"] == 3
+    assert len(passes) == 3 and len(set(passes)) == 1  # one validation a epoch, one model
+    assert builds == passes[:1]  # its evaluation step made (and traced) once
+    with open(run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["val_mean_iou"]) == result["metrics"]["mean_iou"]
+
+    model = load_synergyseg_model(str(run_dir / "final.keras"))
+    confusion = np.zeros((10, 10), np.int64)
+    for image, label in data.eval_dataset(str(data_dir / "val-*")):
+        predicted = np.asarray(model(image, training=False)).argmax(-1).ravel()
+        label = label.numpy().ravel()
+        keep = label != 255
+        confusion += np.bincount(label[keep] * 10 + predicted[keep], minlength=100).reshape(10, 10)
+    with open(run_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["val_pixels"] == confusion.sum()
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    present = [name for name, u in zip(data.SYNTHETIC.class_names, union) if u > 0]
+    assert sorted(n for n, v in metrics["per_class_iou"].items() if v is not None) == sorted(present)
+    iou = np.diag(confusion)[union > 0] / union[union > 0]
+    np.testing.assert_allclose([metrics["per_class_iou"][name] for name in present], iou, rtol=1e-6)
+    np.testing.assert_allclose(metrics["mean_iou"], iou.mean(), rtol=1e-6)
+
+
 def _worker(mode, index, ports, out):
     if index != "single":
         os.environ["TF_CONFIG"] = json.dumps({

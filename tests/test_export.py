@@ -239,6 +239,40 @@ def test_onnx_matches_keras_in_onnxruntime(model, exported):
             assert np.abs(outputs[name] - expected[name]).max() < 1e-4, (shape, name)
 
 
+def test_onnx_export_optimizes_without_graph_copies_and_falls_back_when_an_optimizer_fails(
+        tmp_path, monkeypatch):
+    """tf2onnx's optimizers run on the graph itself (tf2onnx's catch_errors off: no deep copy of
+    the graph before each optimizer); if one fails there, the export converts again tf2onnx's
+    default way, and the file still matches Keras."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from tf2onnx import optimizer
+
+    import synergyseg
+    from synergyseg.export import export_onnx
+
+    calls, optimize_graph = [], optimizer.optimize_graph
+
+    def first_fails(graph, catch_errors=True, optimizers=None):
+        calls.append(catch_errors)
+        if len(calls) == 1:
+            raise RuntimeError("an optimizer failed on the graph")
+        return optimize_graph(graph, catch_errors, optimizers=optimizers)
+
+    monkeypatch.setattr(optimizer, "optimize_graph", first_fails)
+    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
+    # The smallest model: which graph tf2onnx optimizes does not matter here.
+    model = synergyseg.build_synergyseg(3, backbone="resnet18", backbone_width=8, head="lraspp",
+                                        head_filters=8, fusion="high")
+    path = export_onnx(model, tmp_path / "model.onnx", outputs=("probabilities",))
+    assert calls == [False, True]
+    assert "TF2ONNX_CATCH_ERRORS" not in os.environ  # set for the conversion only
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(2).integers(0, 256, (1, 40, 56, 3), dtype=np.uint8)
+    (probabilities,) = session.run(None, {"images": images})
+    expected = keras.ops.convert_to_numpy(model(images.astype(np.float32), training=False))
+    assert np.abs(probabilities - expected).max() < 1e-4
+
+
 def _tflite_outputs(path, images):
     interpreter = make_interpreter(model_path=path, num_threads=2)
     return [run_tflite(interpreter, image[None]) for image in images]

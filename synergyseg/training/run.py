@@ -260,14 +260,29 @@ def _write_config(config):
     config.to_json(RunFolder(config.run_dir).config_json)
 
 
-def evaluate_model(model, config, info, log=print):
-    """Scores `model` on the validation set: `validation_metrics` of a new pass (metrics.json)."""
+def _validation_model(model, config):
+    """`inference_model(model)` compiled to score the validation set (see `_validation_confusion`).
+
+    Compile it once and score it as often as needed: each compile makes Keras trace its
+    evaluation step again.
+    """
     model = inference_model(model)
     # A loss too: Keras's evaluate refuses a freshly built model compiled with metrics only.
     model.compile(optimizer=None, loss=segmentation_loss(), metrics=[mean_iou(config.num_classes)],
                   jit_compile=False)
-    model.evaluate(val_dataset(config), verbose=0)
-    return validation_metrics(cb.find_mean_iou(model).total_cm.numpy(), info, log)
+    return model
+
+
+def _validation_confusion(scoring_model, config):
+    """The (true, predicted) confusion matrix of a pass of `_validation_model`'s model."""
+    scoring_model.evaluate(val_dataset(config), verbose=0)
+    return cb.find_mean_iou(scoring_model).total_cm.numpy()
+
+
+def evaluate_model(model, config, info, log=print):
+    """Scores `model` on the validation set: `validation_metrics` of a new pass (metrics.json)."""
+    return validation_metrics(_validation_confusion(_validation_model(model, config), config),
+                              info, log)
 
 
 def validation_metrics(confusion, info, log=print):
@@ -384,19 +399,25 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
     initial_epoch, rows = backup.restore()
     if initial_epoch:
         log(f"Resuming after epoch {initial_epoch} of {config.epochs} from {backup.directory}")
-    # A copy outside the strategy: Keras cannot evaluate under MultiWorkerMirroredStrategy.
+    # A copy outside the strategy (Keras cannot evaluate under MultiWorkerMirroredStrategy),
+    # compiled once: every epoch's validation runs the step Keras traced for the first one.
     single = build_model(config, info) if chief else None
+    scoring = _validation_model(single, config) if chief else None
+    last = {}  # the confusion matrix of the latest validation
 
     def copy_to_single():
         single.set_weights([np.asarray(w) for w in model.get_weights()])
         return single
 
+    def score():
+        copy_to_single()
+        last["confusion"] = _validation_confusion(scoring, config)
+        return validation_metrics(last["confusion"], info, log)["mean_iou"]
+
     callbacks = []
     if chief:
         callbacks.append(cb.BestByScore(
-            lambda: evaluate_model(copy_to_single(), config, info, log)["mean_iou"],
-            lambda: save_model(inference_model(single), run.best),
-            best=_best_so_far(rows)))
+            score, lambda: save_model(inference_model(single), run.best), best=_best_so_far(rows)))
     callbacks.append(cb.EpochBackup(backup))
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     losses = train_multi_worker(
@@ -408,7 +429,11 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
               "seconds": time.time() - start, "metrics": None}
     if chief:
         save_model(inference_model(copy_to_single()), run.final)
-        result["metrics"] = evaluate_model(single, config, info, log)
+        if losses:
+            # The last epoch ran here, and its validation scored exactly these weights.
+            result["metrics"] = validation_metrics(last["confusion"], info, log)
+        else:  # resumed after the last epoch, whose counts died with the killed process
+            result["metrics"] = validation_metrics(_validation_confusion(scoring, config), info, log)
         write_json(run.metrics, result["metrics"])
         backup.delete()
     return result
