@@ -44,7 +44,7 @@ def parse_args(argv=None):
                    help="also score and time gated inference, the high scale on this fraction of "
                         "tiles (repeatable: --gated 0.25 --gated 0.4)")
     p.add_argument("--gated-threshold", type=float, action="append", default=[], metavar="U",
-                   help="also score and time gated inference on the tiles whose mean uncertainty is above U")
+                   help="also score and time gated inference on the tiles whose root-mean-square uncertainty is above U")
     p.add_argument("--figures", dest="num_figures", type=int, default=defaults.num_figures,
                    help="images in the qualitative figure; 0 writes no figures (default: %(default)s)")
     p.add_argument("--cityscapes-results", metavar="DIR",

@@ -11,13 +11,14 @@ map on the chosen tiles and the fraction-0 map elsewhere; the confusion matrix o
 sum of per-tile confusion matrices. That gives, from two passes, the mIoU of every choice of k
 tiles per image (k = the gated model's count for the fraction, halves up):
 
-    gate     the k tiles of highest mean uncertainty U(1 - max_c S_lo) (what GatedSynergySeg runs)
+    gate     the k tiles of highest root-mean-square uncertainty U(1 - max_c S_lo) (what
+             GatedSynergySeg runs)
     random   k tiles drawn at random per image (--draws draws: mean and std)
     oracle   the k tiles where the fraction-1 map is right on the most more pixels than the
              fraction-0 map (the best choice by pixels fixed; mIoU weighs classes, so a
              score can beat it by a little)
-    --scores other statistics of each tile's uncertainty ranked the same way (max, 90th
-             percentile, mean square), to choose the score by the curves
+    --scores other statistics of each tile's uncertainty ranked the same way (mean, max, 90th
+             percentile), to choose the score by the curves
 
 beside the two-scale model itself and the low scale alone; "tiling cost" is the two-scale mIoU
 minus the fraction-1 mIoU (what cutting the image into windows loses). Writes OUT.json and
@@ -48,8 +49,9 @@ from synergyseg.models.synergy import as_synergyseg  # noqa: E402
 from synergyseg.run_folder import RunFolder, load_model, resolve_model_path  # noqa: E402
 
 FRACTIONS = (0.1, 0.25, 0.4, 0.6)
-# Tile scores compared with the model's own (the mean), each a statistic of a tile's uncertainty.
-SCORES = {"max": np.max, "p90": lambda u: np.quantile(u, 0.9), "mean_square": lambda u: np.mean(u ** 2)}
+# Tile scores compared with the model's own (the root mean square), each a statistic of a tile's
+# uncertainty.
+SCORES = {"mean": np.mean, "max": np.max, "p90": lambda u: np.quantile(u, 0.9)}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "gated_curves")
 
@@ -149,7 +151,7 @@ def markdown(result):
     for s in result["settings"]:
         lines += [f"Tiles {s['tile_size']} px, margin {s['margin']}, pooling {s['pooling']}: every tile "
                   f"{100 * s['every_tile']:.1f} (tiling cost {100 * (result['two_scale'] - s['every_tile']):+.1f})", "",
-                  "| fraction | tiles per image | gate (mean uncertainty) | random (mean ± std) | oracle | gate - two-scale | oracle - gate |",
+                  "| fraction | tiles per image | gate (RMS uncertainty) | random (mean ± std) | oracle | gate - two-scale | oracle - gate |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s["curve"]:
             lines.append(f"| {r['fraction']:g} | {r['tiles_per_image']:.1f} | {100 * r['gate']:.1f} | "
@@ -177,7 +179,7 @@ def parse_args(argv=None):
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     p.add_argument("--draws", type=int, default=20, help="random choices per fraction")
     p.add_argument("--scores", nargs="*", default=list(SCORES), choices=list(SCORES),
-                   help="other tile scores ranked beside the model's mean uncertainty")
+                   help="other tile scores ranked beside the model's (root-mean-square uncertainty)")
     p.add_argument("--out", default=RESULTS, help="output path without extension (.json and .md)")
     return p.parse_args(argv)
 

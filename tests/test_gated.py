@@ -40,12 +40,12 @@ def numpy_tile_scores(u, tile):
     out = np.zeros((b, rows, cols))
     for i in range(rows):
         for j in range(cols):
-            out[:, i, j] = u[:, i * tile:(i + 1) * tile, j * tile:(j + 1) * tile].mean(axis=(1, 2))
+            out[:, i, j] = np.sqrt((u[:, i * tile:(i + 1) * tile, j * tile:(j + 1) * tile] ** 2).mean(axis=(1, 2)))
     return out
 
 
 def numpy_gated(model, x, tile, margin, fraction, pooling="tile"):
-    """Gated eq. 1 by loops: low scale, tile means, top tiles, one window per tile, crop, paste.
+    """Gated eq. 1 by loops: low scale, tile scores (root mean square), top tiles, one window per tile, crop, paste.
     With `pooling="low"` each window's ASPP image pooling is the low-scale image's pooled trunk
     features (the submodel's views, checked against it in test_pooled_context_views_...)."""
     x = np.asarray(x)
@@ -152,7 +152,7 @@ def test_uncertainty_means_the_same_in_the_gated_and_the_two_scale_model(model):
     np.testing.assert_allclose(np.asarray(gated), expected, atol=1e-5)
 
 
-def test_tile_scores_are_tile_means_with_cut_edge_tiles():
+def test_tile_scores_are_root_mean_squares_with_cut_edge_tiles():
     u = np.random.default_rng(1).uniform(size=(2, 37, 50)).astype("float32")
     np.testing.assert_allclose(np.asarray(tile_scores(tf.constant(u), 16)), numpy_tile_scores(u, 16), rtol=1e-5)
 

@@ -35,12 +35,12 @@ def test_tile_confusions_count_each_pixel_once_in_its_tile():
 def test_other_tile_scores_are_the_statistics_of_each_tile():
     script = load_script(SCRIPT)
     u = np.arange(7 * 11, dtype=np.float64).reshape(7, 11) / 100
-    stats = script.tile_statistics(u, 4, ["max", "p90", "mean_square"])
+    stats = script.tile_statistics(u, 4, ["mean", "max", "p90"])
     # Tile (1, 2) is the cut corner rows 4-6, columns 8-10: 9 values.
     corner = u[4:, 8:].ravel()
     assert stats["max"][5] == corner.max() == u[6, 10]
     assert stats["p90"][5] == pytest.approx(np.sort(corner)[7] + 0.2 * (np.sort(corner)[8] - np.sort(corner)[7]))
-    assert stats["mean_square"][5] == pytest.approx((corner ** 2).sum() / 9)
+    assert stats["mean"][5] == pytest.approx(corner.sum() / 9)
     assert all(len(v) == 6 for v in stats.values())
 
 
@@ -72,7 +72,7 @@ def test_gate_curve_equals_the_gated_model_scored_by_the_evaluator(synthetic_run
         assert expected == pytest.approx(scored(gated), abs=1e-9), fraction
     # At fraction 1 every choice is every tile.
     assert every["gate"] == every["oracle"] == every["random_mean"] == pytest.approx(setting["every_tile"])
-    assert set(every["other_scores"]) == {"max", "p90", "mean_square"}
+    assert set(every["other_scores"]) == {"mean", "max", "p90"}
     assert all(v == pytest.approx(setting["every_tile"]) for v in every["other_scores"].values())
     assert result["two_scale"] == pytest.approx(scored(model), abs=1e-9)
     assert "| 0.25 | 5.0 |" in out.with_suffix(".md").read_text()

@@ -4,7 +4,7 @@ Eq. 1, `S = U(S_lo) + S_hi * U(1 - S_lo)`, mostly ignores `S_hi` where the low s
 (`U(1 - S_lo)` is near 0 there), yet the two-scale model pays for the whole full-resolution pass.
 `GatedSynergySeg` runs the low scale on the whole image, cuts the full-resolution image into tiles
 (each read with a margin of context that is cropped off after), ranks the tiles by the low scale's
-mean uncertainty `U(1 - max_c S_lo)` (SynergySeg's "uncertainty" output), and runs the shared submodel as one batch on the selected
+root-mean-square uncertainty `U(1 - max_c S_lo)` (SynergySeg's "uncertainty" output), and runs the shared submodel as one batch on the selected
 tiles only. Eq. 1 (or the model's fusion) fuses where the high scale ran; elsewhere `U(S_lo)` stands.
 Both passes run the submodel rewritten for inference (`synergyseg.models.rewrite`): BatchNorm folded
 into its conv, and on the tiles (never larger than `tile_size + 2 * margin`) the conv taps that
@@ -68,7 +68,7 @@ def check_gating(tile_size, margin, fraction, threshold, max_tiles, pooling):
         raise ValueError(f"gated fraction must be a number in [0, 1] (share of tiles), got {fraction!r}")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
         raise ValueError(
-            f"gated threshold must be a number in [0, 1] (mean uncertainty of a tile), got {threshold!r}")
+            f"gated threshold must be a number in [0, 1] (a tile's root-mean-square uncertainty), got {threshold!r}")
     if max_tiles is not None and (not isinstance(max_tiles, int) or isinstance(max_tiles, bool)
                                   or max_tiles < 0):
         raise ValueError(f"gated max_tiles must be None or an integer >= 0 (per image), got {max_tiles!r}")
@@ -82,27 +82,33 @@ def tiles_for_fraction(fraction, num_tiles):
     return ops.cast(ops.floor(fraction * ops.cast(num_tiles, "float32") + 0.5), "int32")
 
 
+# Tiles are ranked by the root mean square of their uncertainty: against the mean, the max and the
+# 90th percentile (benchmarks/gated_curves.py --scores, 128 px tiles, fractions 0.1-0.6) it scored
+# the highest summed over the main job's and the Cityscapes-layout set's curves, and at a quarter
+# of the tiles it was ahead of the mean on both (BENCHMARKS.md, "Gated inference").
 def tile_scores(uncertainty, tile_size):
-    """Mean of `uncertainty` `(batch, h, w)` over each tile of a `tile_size` grid: `(batch, rows, cols)`.
+    """Root mean square of `uncertainty` `(batch, h, w)` over each tile of a `tile_size` grid:
+    `(batch, rows, cols)`. Ranking by it favours tiles with a patch of high uncertainty over tiles
+    of uniform mild doubt with the same mean.
 
     Tiles start at multiples of `tile_size`; the last row and column of tiles are cut at the image's
     edge and averaged over the pixels they hold.
     """
     h, w = spatial_size(uncertainty[..., None])
     rows, cols = -(-h // tile_size), -(-w // tile_size)
-    padded = ops.pad(uncertainty, [[0, 0], [0, rows * tile_size - h], [0, cols * tile_size - w]])
+    padded = ops.pad(ops.square(uncertainty), [[0, 0], [0, rows * tile_size - h], [0, cols * tile_size - w]])
     sums = ops.sum(ops.reshape(padded, (-1, rows, tile_size, cols, tile_size)), axis=(2, 4))
     tile_h = ops.minimum(tile_size, h - ops.arange(rows) * tile_size)
     tile_w = ops.minimum(tile_size, w - ops.arange(cols) * tile_size)
     counts = ops.cast(tile_h[:, None] * tile_w[None, :], sums.dtype)
-    return sums / counts
+    return ops.sqrt(sums / counts)
 
 
 def select_tiles(scores, fraction=None, threshold=None, max_tiles=None):
     """Which tiles get the high scale: `(image, tile)` index pairs, most uncertain first per image.
 
     Args:
-        scores: `(batch, num_tiles)` mean uncertainty of each tile.
+        scores: `(batch, num_tiles)` score of each tile (`tile_scores`).
         fraction: select the nearest whole number of `fraction * num_tiles` most uncertain tiles
             of each image (halves round up).
         threshold: select every tile whose score is above `threshold` (exactly one of the two).
@@ -141,7 +147,7 @@ class GatedSynergySeg(keras.Model):
     rewritten for inference, see `inference_rewrites`, and `gated_synergyseg`). The low scale runs on the whole image (`S_lo`); the image is cut into
     `tile_size` tiles, each read with `margin` extra pixels of context on every side (a window
     kept inside the image: at the border it shifts inward) and cropped back after. Tiles are
-    ranked by the mean of `U(1 - max_c S_lo)`; the selected ones go through the submodel as one
+    ranked by the root mean square of `U(1 - max_c S_lo)`; the selected ones go through the submodel as one
     batch, the fusion runs on them, and elsewhere the output is `U(S_lo)`.
 
     Args:
@@ -152,7 +158,7 @@ class GatedSynergySeg(keras.Model):
         margin: context pixels read around each tile and cropped off (0 <= margin < tile_size).
         fraction: share of each image's tiles that get the high scale, in [0, 1]; 0 is the low
             scale alone, 1 every tile.
-        threshold: instead of a fraction, every tile whose mean uncertainty is above this.
+        threshold: instead of a fraction, every tile whose root-mean-square uncertainty is above this.
         max_tiles: at most this many tiles per image (the most uncertain), None for no limit; a
             fixed count bounds the latency.
         pooling: "low": the ASPP image-pooling branch of each tile gets the low scale's pooled
