@@ -24,8 +24,8 @@ from synergyseg.models.rewrite import rewrite_for_inference
 from synergyseg.models.synergy import as_synergyseg, two_scale_config, two_scale_parts
 
 # Tiles of 128 px with a 16 px margin and a quarter of them, from benchmarks/gated_curves.py on the
-# main job's model (BENCHMARKS.md, "Gated inference"): fraction 0.25 scores 58.0 mIoU against the
-# two-scale model's 57.3 and the oracle choice's 58.7; 64 px tiles score up to 0.5 more, but their
+# main job's model (BENCHMARKS.md, "Gated inference"): fraction 0.25 scores 58.2 mIoU against the
+# two-scale model's 57.3 and the oracle choice's 58.7; 64 px tiles score up to 0.6 more, but their
 # windows (tile + 2 margins) are 2.3-4x a tile's pixels against 1.6x here. ResNet-50 at 512x1024
 # and 1024x2048 runs it in 0.41x / 0.47x the two-scale time on a 2-core CPU.
 DEFAULT_TILE_SIZE = 128
