@@ -103,10 +103,12 @@ def test_gated_speed_times_a_preset_as_train_py_builds_it():
     import argparse
 
     script = load_script(os.path.join(ROOT, "benchmarks", "gated_speed.py"))
-    model = script.timing_model("realtime-cityscapes")
-    assert model.num_classes == 19 and model.fuse_at == "decoder" and model.head == "lraspp"
+    built, build = [], script.timing_model
+    script.timing_model = lambda name: built.append(build(name)) or built[-1]  # the model it times
     args = argparse.Namespace(tile_size=32, margin=8, timing_fractions=[0.0, 1.0], timing_repeats=1)
     result = script.timing_only(args, "realtime-cityscapes", 64, 128)
+    [model] = built
+    assert model.num_classes == 19 and model.fuse_at == "decoder" and model.head == "lraspp"
     rows = {r["model"]: r for r in result["rows"]}
     assert list(rows) == ["single-scale", "two-scale", "two-scale rewritten", "gated 0", "gated 1"]
     assert rows["single-scale"]["flops_vs_two_scale"] == pytest.approx(1 / 1.25, abs=0.03)
