@@ -61,14 +61,19 @@ def miou(confusion):
     return float(scores_from_confusion(confusion).mean_iou)
 
 
+def tile_windows(height, width, tile_size):
+    """The `(rows, cols)` slices of each tile of a `tile_size` grid, row-major (the last row and
+    column cut at the edge): GatedSynergySeg's tile order."""
+    return [(slice(r * tile_size, (r + 1) * tile_size), slice(c * tile_size, (c + 1) * tile_size))
+            for r, c in itertools.product(range(-(-height // tile_size)), range(-(-width // tile_size)))]
+
+
 def tile_confusions(labels, predicted, tile_size, num_classes):
-    """`(rows * cols, C, C)` confusion matrices (rows: label, cols: prediction) of each tile of a
-    `tile_size` grid (the last row and column cut at the edge), label values >= C ignored."""
-    h, w = labels.shape
-    rows, cols = -(-h // tile_size), -(-w // tile_size)
-    out = np.zeros((rows * cols, num_classes, num_classes), np.int64)
-    for index, (r, c) in enumerate(itertools.product(range(rows), range(cols))):
-        window = (slice(r * tile_size, (r + 1) * tile_size), slice(c * tile_size, (c + 1) * tile_size))
+    """`(rows * cols, C, C)` confusion matrices (rows: label, cols: prediction) of each tile of
+    `tile_windows`, label values >= C ignored."""
+    windows = tile_windows(*labels.shape, tile_size)
+    out = np.zeros((len(windows), num_classes, num_classes), np.int64)
+    for index, window in enumerate(windows):
         y, p = labels[window].ravel(), predicted[window].ravel()
         keep = y < num_classes
         out[index] = np.bincount(num_classes * y[keep].astype(np.int64) + p[keep],
@@ -77,11 +82,9 @@ def tile_confusions(labels, predicted, tile_size, num_classes):
 
 
 def tile_statistics(uncertainty, tile_size, names):
-    """`{name: (rows * cols,) score}` of each tile of a `tile_size` grid of a `(h, w)` map, for the
-    statistics of `SCORES` named (the last row and column cut at the edge)."""
-    h, w = uncertainty.shape
-    tiles = [uncertainty[r * tile_size:(r + 1) * tile_size, c * tile_size:(c + 1) * tile_size]
-             for r, c in itertools.product(range(-(-h // tile_size)), range(-(-w // tile_size)))]
+    """`{name: (rows * cols,) score}` of each tile of `tile_windows` of a `(h, w)` map, for the
+    statistics of `SCORES` named."""
+    tiles = [uncertainty[window] for window in tile_windows(*uncertainty.shape, tile_size)]
     return {name: np.array([SCORES[name](t) for t in tiles]) for name in names}
 
 

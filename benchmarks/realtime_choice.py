@@ -88,7 +88,7 @@ def choose(mious, ms):
     if not mious:
         return {"rows": rows, "best_miou": None, "realtime": None, "realtime_fast": None}
     best = max(r["miou"] for r in rows if r["miou"] is not None)
-    timed = [r for r in rows if r["ms"] is not None and r["miou"] is not None and r["seeds"] >= MIN_SEEDS]
+    timed = [r for r in rows if r["ms"] is not None and r["seeds"] >= MIN_SEEDS]
     close = [r for r in timed if r["miou"] >= best - MARGIN]
     fast = [r for r in timed if fast_enough(r["ms"])]
     realtime = None

@@ -44,13 +44,15 @@ def export_onnx(model, path, opset_version=None, outputs=SERVING_OUTPUTS, class_
     serving = build_serving_model(model, outputs, class_map_stride)
     signature = [keras.InputSpec(shape=(None, None, None, 3), dtype="uint8", name=INPUT)]
     with atomic_output(path) as tmp:
+        def export():
+            serving.export(tmp, format="onnx", input_signature=signature, verbose=False,
+                           opset_version=opset_version)
+
         try:
             # The same optimizers on the same graph, without tf2onnx's graph copy before each
             # one, which took most of the conversion's time.
             with _optimizers_without_copies():
-                serving.export(tmp, format="onnx", input_signature=signature, verbose=False,
-                               opset_version=opset_version)
+                export()
         except Exception:  # an optimizer failed on the graph itself: tf2onnx's default skips it
-            serving.export(tmp, format="onnx", input_signature=signature, verbose=False,
-                           opset_version=opset_version)
+            export()
     return path
