@@ -386,8 +386,9 @@ def prepare_variant(args, label, variant, model, ours, strides, size, window_siz
     return out
 
 
-def time_round_robin(entries, frame, warmup, rounds):
-    """Median ms per entry: each warmed up, then `rounds` rounds each timing every entry once."""
+def time_round_robin(entries, frame, warmup, rounds, calls=1):
+    """Median ms per entry: each warmed up, then `rounds` rounds, each timing every entry in turn
+    over `calls` back-to-back calls (the round's time is their mean)."""
     runners = [e["runner"]() for e in entries]
     for run in runners:
         for _ in range(warmup):
@@ -396,17 +397,27 @@ def time_round_robin(entries, frame, warmup, rounds):
     for _ in range(rounds):
         for run, ts in zip(runners, times):
             start = time.perf_counter()
-            np.asarray(run(frame))
-            ts.append(1000 * (time.perf_counter() - start))
+            for _ in range(calls):
+                np.asarray(run(frame))
+            ts.append(1000 * (time.perf_counter() - start) / calls)
     for entry, ts in zip(entries, times):
         entry["times_ms"] = [round(t, 3) for t in ts]
         entry["ms"] = round(float(np.median(ts)), 3)
         entry["fps"] = round(1000 / entry["ms"], 3)
 
 
+def paired_ratio(times, reference):
+    """Median over rounds of `times[i] / reference[i]`: the two entries were timed in the same round,
+    seconds apart, so the machine's slower and faster spells cancel in each quotient."""
+    if not times or len(times) != len(reference):
+        return None
+    return float(np.median(np.asarray(times) / np.asarray(reference)))
+
+
 def ratios(entries):
-    """Two-scale / single-scale time per model, size, path and class map stride; each entry's FPS /
-    SegFormer-B0's (at the same size and path)."""
+    """Two-scale / single-scale time per model, size, path and class map stride (the medians'
+    quotient, and the median of the per-round quotients); each entry's FPS / SegFormer-B0's (at the
+    same size and path)."""
     timed = [e for e in entries if "ms" in e]
     same = ("model", "size", "path", "class_map_stride")
     two_over_single = []
@@ -421,7 +432,8 @@ def ratios(entries):
                                         class_map_stride=e["class_map_stride"],
                                         two_scale_ms=e["ms"], single_scale_ms=single["ms"],
                                         single_fuse_at=single["variant"].split("(")[1].rstrip(")"),
-                                        ratio=e["ms"] / single["ms"]))
+                                        ratio=e["ms"] / single["ms"],
+                                        paired_ratio=paired_ratio(e.get("times_ms"), single.get("times_ms"))))
     vs_segformer = []
     for e in timed:
         reference = next((s for s in timed if s["model"] == SEGFORMER and (s["size"], s["path"]) == (e["size"], e["path"])), None)
@@ -448,7 +460,8 @@ def markdown(result):
              f"{result['cpu']}, {result['cores']} cores; TFLite {result['threads']} threads (ai-edge-litert "
              f"{result['versions']['ai-edge-litert']}), TensorFlow {result['versions']['tensorflow']}, "
              f"Keras {result['versions']['keras']}, keras-hub {result['versions']['keras-hub']}. Batch 1, uint8 "
-             f"frame in, class map out; median of {result['settings']['rounds']} round-robin rounds after "
+             f"frame in, class map out; median of {result['settings']['rounds']} round-robin rounds "
+             f"(each the mean of {result['settings'].get('calls', 1)} back-to-back calls) after "
              f"{result['settings']['warmup']} warm-up calls.", "",
              f"Load before: `{result['load']['start']['uptime']}`; before timing: "
              f"`{result['load']['before_timing']['uptime']}`; after: `{result['load']['end']['uptime']}`. "
@@ -476,10 +489,12 @@ def markdown(result):
                      f"{fmt(e['gflops'], '.1f')} | {fmt(e['gflops_tf_profiler'], '.1f')} | {ms} | {fps} | "
                      f"{fmt(speedup.get(tuple(e[k] for k in key)), '.2f')} | {agreement} | {ops} |")
     lines += ["", "| model | two-scale fused at | class map stride | size | path | two-scale ms | single-scale ms | "
-              "ratio |", "|---|---|---:|---|---|---:|---:|---:|"]
+              "ratio | median per-round ratio |", "|---|---|---:|---|---|---:|---:|---:|---:|"]
     for r in result["ratios"]["two_over_single"]:
+        paired = r.get("paired_ratio")
         lines.append(f"| {r['model']} | {r['fuse_at']} | {r['class_map_stride']} | {r['size']} | {r['path']} | "
-                     f"{r['two_scale_ms']:.1f} | {r['single_scale_ms']:.1f} | {r['ratio']:.2f} |")
+                     f"{r['two_scale_ms']:.1f} | {r['single_scale_ms']:.1f} | {r['ratio']:.2f} | "
+                     f"{'' if paired is None else format(paired, '.2f')} |")
     lines += ["", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
 
@@ -534,6 +549,8 @@ def parse_args(argv=None):
                         help="comma list of class_map_stride values for the variants fused at the decoder "
                              "(1: exact; others at stride 1 only)")
     parser.add_argument("--rounds", type=int, default=7, help="round-robin rounds (median over them)")
+    parser.add_argument("--calls", type=int, default=1,
+                        help="back-to-back calls per entry and round (the round's time is their mean)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per entry first")
     parser.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
     parser.add_argument("--calibration", type=int, default=4, help="int8 calibration scenes")
@@ -573,6 +590,8 @@ def parse_args(argv=None):
     for path in args.paths:
         if path not in PATHS:
             parser.error(f"unknown path {path!r}; expected some of {PATHS}")
+    if args.calls < 1 or args.rounds < 1:
+        parser.error(f"--calls and --rounds must be at least 1, got {args.calls} and {args.rounds}")
     if args.out is None:
         args.out = os.path.join(tempfile.mkdtemp(prefix="realtime_speed_smoke-"), "realtime_speed") if args.smoke else RESULTS
     return args
@@ -602,7 +621,7 @@ def main(argv=None):
         frame = synthetic_batch(size, 1, TIMING_SEED)
         print(f"timing {len(group)} entries at {label} ...", flush=True)
         with OthersCPU() as cpu:
-            time_round_robin(group, frame, args.warmup, args.rounds)
+            time_round_robin(group, frame, args.warmup, args.rounds, args.calls)
         others[label] = cpu.share
         for e in group:
             print(f"| {e['model']} | {e['variant']} | stride {e['class_map_stride']} | {e['size']} | {e['path']} | "
@@ -617,7 +636,7 @@ def main(argv=None):
         command=command, date=start["time"], cpu=cpu_name(), cores=os.cpu_count(), threads=args.threads,
         versions=versions(), load=dict(start=start, before_timing=before, end=end), others_cpu_share=others,
         settings=dict(models=args.models, trained=args.trained, sizes=[f"{h}x{w}" for h, w in args.sizes],
-                      paths=args.paths, class_map_strides=list(args.class_map_strides), rounds=args.rounds, warmup=args.warmup, calibration=args.calibration,
+                      paths=args.paths, class_map_strides=list(args.class_map_strides), rounds=args.rounds, calls=args.calls, warmup=args.warmup, calibration=args.calibration,
                       agreement=args.agreement, smoke=args.smoke, forced=args.force,
                       segformer_window=SEGFORMER_WINDOW, num_classes=NUM_CLASSES),
         wall_s=dict(prepare=round(prepare_s, 1), timing=round(timing_s, 1)),

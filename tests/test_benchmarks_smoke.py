@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from reference import load_script
@@ -31,6 +32,38 @@ def test_refuses_bad_class_map_strides(text, capsys):
     assert raised.value.code == 2
     assert f"--class-map-strides must be distinct positive integers separated by commas, got {text!r}" in \
         capsys.readouterr().err
+
+
+def test_each_round_times_every_entry_over_its_back_to_back_calls(monkeypatch):
+    script = load_script(SCRIPT)
+    clock, calls = [0.0], {"a": 0, "b": 0}
+
+    def runner(name, ms):
+        def run(frame):
+            calls[name] += 1
+            clock[0] += ms / 1000  # each call of this entry takes `ms` on the fake clock
+            return frame
+        return lambda: run
+
+    monkeypatch.setattr(script.time, "perf_counter", lambda: clock[0])
+    entries = [{"runner": runner("a", 4.0)}, {"runner": runner("b", 10.0)}]
+    script.time_round_robin(entries, np.zeros(1), warmup=2, rounds=3, calls=5)
+    assert calls == {"a": 2 + 3 * 5, "b": 2 + 3 * 5}
+    assert entries[0]["times_ms"] == pytest.approx([4.0] * 3) and entries[1]["ms"] == pytest.approx(10.0)
+
+
+def test_paired_ratio_is_the_median_of_the_per_round_quotients():
+    script = load_script(SCRIPT)
+    # quotients 1.25, 3.0, 1.2: their median is 1.25; the medians' quotient would be 12 / 10 = 1.2
+    assert script.paired_ratio([10.0, 30.0, 12.0], [8.0, 10.0, 10.0]) == pytest.approx(1.25)
+    assert script.paired_ratio([10.0], [8.0, 9.0]) is None  # not timed in the same rounds
+
+
+@pytest.mark.parametrize("flag", ["--calls", "--rounds"])
+def test_refuses_fewer_than_one_call_or_round(flag, capsys):
+    with pytest.raises(SystemExit) as raised:
+        load_script(SCRIPT).parse_args([flag, "0"])
+    assert raised.value.code == 2 and "must be at least 1" in capsys.readouterr().err
 
 
 def test_smoke_run_writes_entries_and_ratios_of_its_own_times(tmp_path):
@@ -82,6 +115,7 @@ def test_smoke_run_writes_entries_and_ratios_of_its_own_times(tmp_path):
         single = entries[(r["model"], "single-scale (decoder)", r["class_map_stride"], r["path"])]["ms"]
         assert (r["two_scale_ms"], r["single_scale_ms"]) == (two, single)
         assert r["ratio"] == pytest.approx(two / single)
+        assert r["paired_ratio"] == pytest.approx(two / single)  # one round: the same quotient
     vs_segformer = result["ratios"]["vs_segformer"]
     assert len(vs_segformer) == 10  # every entry of ours
     for r in vs_segformer:
