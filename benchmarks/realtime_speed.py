@@ -159,11 +159,12 @@ def build_segformer(window):
     return model
 
 
-def variants(label, model, strides):
+def variants(label, model, strides, input_fusion=True):
     """`(label, variant name, Keras model, class map strides)` of one two-scale model: as built,
-    single-scale, fused at the input; those fused at the decoder at each of `strides`, the others at 1."""
+    single-scale, fused at the input (if `input_fusion`); those fused at the decoder at each of
+    `strides`, the others at 1."""
     out = [(f"two-scale ({model.fuse_at})", model), (f"single-scale ({model.fuse_at})", model.with_fusion("high"))]
-    if model.fuse_at == "decoder":
+    if model.fuse_at == "decoder" and input_fusion:
         out.append(("two-scale (input)", model.with_fusion(fuse_at="input")))
     return [(label, name, m, tuple(strides) if m.fuse_at == "decoder" else (1,)) for name, m in out]
 
@@ -307,7 +308,7 @@ def prepare(args):
                 rows = [(name, f"{count} windows {window_size[0]}x{window_size[1]}", segformers[window_size], (1,))]
             else:
                 window_size, count = size, 1
-                rows = variants(name, two_scale, args.class_map_strides)
+                rows = variants(name, two_scale, args.class_map_strides, args.input_fusion)
             for label, variant, model, strides in rows:
                 entries += prepare_variant(args, label, variant, model, two_scale is not None, strides, size,
                                            window_size, count, frames, conversions)
@@ -549,6 +550,8 @@ def parse_args(argv=None):
                         help="comma list of class_map_stride values for the variants fused at the decoder "
                              "(1: exact; others at stride 1 only)")
     parser.add_argument("--rounds", type=int, default=7, help="round-robin rounds (median over them)")
+    parser.add_argument("--no-input-fusion", dest="input_fusion", action="store_false",
+                        help="skip the variant with the same weights fused at the input size")
     parser.add_argument("--calls", type=int, default=1,
                         help="back-to-back calls per entry and round (the round's time is their mean)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per entry first")

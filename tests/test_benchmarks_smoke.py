@@ -59,6 +59,21 @@ def test_paired_ratio_is_the_median_of_the_per_round_quotients():
     assert script.paired_ratio([10.0], [8.0, 9.0]) is None  # not timed in the same rounds
 
 
+def test_no_input_fusion_times_two_and_single_scale_only():
+    import synergyseg
+
+    script = load_script(SCRIPT)
+    model = synergyseg.build_synergyseg(3, backbone="mobilenetv3_small_minimal_cut16", head="lraspp",
+                                        output_stride=16, fuse_at="decoder")
+    names = lambda rows: [(label, name, m.fuse_at, m.fusion_name, strides) for label, name, m, strides in rows]  # noqa: E731
+    both = [("m", "two-scale (decoder)", "decoder", "uncertainty", (1, 4)),
+            ("m", "single-scale (decoder)", "decoder", "high", (1, 4))]
+    assert names(script.variants("m", model, (1, 4), input_fusion=False)) == both
+    assert names(script.variants("m", model, (1, 4))) == both + [
+        ("m", "two-scale (input)", "input", "uncertainty", (1,))]
+    assert script.parse_args(["--no-input-fusion"]).input_fusion is False
+
+
 @pytest.mark.parametrize("flag", ["--calls", "--rounds"])
 def test_refuses_fewer_than_one_call_or_round(flag, capsys):
     with pytest.raises(SystemExit) as raised:
