@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from synergyseg.atomic import write_json, write_text  # noqa: E402
+from synergyseg.evaluation.evaluate_model import evaluation_finished  # noqa: E402
 from synergyseg.run_folder import RunFolder  # noqa: E402
 from synergyseg.training.config import REALTIME_OPTIONS, preset  # noqa: E402
 
@@ -171,7 +172,10 @@ def main(argv=None):
     for name in options:
         for seed in args.seeds or [None]:
             folder = run_dir(args.runs, name, args.fuse_at, seed)
-            if os.path.isfile(RunFolder(folder).metrics):
+            run = RunFolder(folder)
+            # Finished once train.py's evaluation is written too: a run killed during it has its
+            # metrics.json, and train.py then finishes the evaluation alone.
+            if os.path.isfile(run.metrics) and evaluation_finished(run.evaluation):
                 print(f"{name}: finished in {folder}, skipped", flush=True)
             else:
                 seconds = train(name, folder, args.fuse_at, seed, extra, print)
