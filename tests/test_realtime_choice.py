@@ -16,14 +16,14 @@ def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
     script = load_script(CHOICE)
     mious = {"realtime-a": [71.0, 71.2, 71.1], "realtime-b": [69.5, 69.0, 70.0], "realtime-c": [65.0, 66.0, 64.0],
              "realtime-d": [60.0, 60.0, 60.0], "realtime-untimed": [71.5]}
-    ms = {"realtime-a": 80.0, "realtime-b": 50.0, "realtime-c": 30.0, "realtime-d": 20.0}
+    ms = {"realtime-a": 80.0, "realtime-b": 50.0, "realtime-c": 25.0, "realtime-d": 20.0}
     choice = script.choose(mious, ms)
     assert [r["option"] for r in choice["rows"]] == [
         "realtime-d", "realtime-c", "realtime-b", "realtime-a", "realtime-untimed"]
     # The best is over every trained option, timed or not; the means are over seeds.
     assert choice["best_miou"] == 71.5
     assert choice["realtime"] == "realtime-b"  # 69.5 >= 71.5 - 2, faster than a (71.1)
-    assert choice["realtime_fast"] == "realtime-c"  # 33.3 FPS, more accurate than d (50 FPS)
+    assert choice["realtime_fast"] == "realtime-c"  # 40 FPS, 2x b's, more accurate than d (50 FPS)
     assert "| realtime-untimed | 1 | 71.5 | 71.5 | not timed | - | yes | - |" in script.markdown(choice)
     # An untimed option ahead of every timed one by more than 2 points: `realtime` waits for its time.
     ahead = script.choose({**mious, "realtime-untimed": [80.0]}, ms)
@@ -43,8 +43,15 @@ def test_the_rule_picks_the_fastest_within_two_points_and_the_best_at_30_fps():
     assert script.choose(tie, {"realtime-a": 70.0, "realtime-b": 80.0})["realtime"] == "realtime-b"
     assert script.choose(tie, {"realtime-a": 70.0, "realtime-b": 81.0})["realtime"] == "realtime-a"
     # 33.34 ms is 29.99 FPS: short of 30 even though its FPS column rounds to 30.0.
-    edge = script.choose({"realtime-a": [70.0] * 3}, {"realtime-a": 33.34})
+    edge = script.choose({"realtime-a": [72.0] * 3, "realtime-b": [70.0] * 3},
+                         {"realtime-a": 80.0, "realtime-b": 33.34})
     assert edge["rows"][0]["fps"] == 30.0 and edge["realtime_fast"] is None
+    # `realtime` itself at 30 FPS or more (a faster CPU): `realtime-fast` is still another option,
+    # the most accurate at twice its frame rate (not `realtime`, nor a at 33 FPS, 1.5x b's).
+    quick = script.choose(mious, {"realtime-a": 30.0, "realtime-b": 20.0, "realtime-c": 9.0, "realtime-d": 8.0})
+    assert (quick["realtime"], quick["realtime_fast"]) == ("realtime-b", "realtime-c")
+    assert script.choose(mious, {"realtime-a": 30.0, "realtime-b": 20.0, "realtime-c": 10.5,
+                                 "realtime-d": 8.0})["realtime_fast"] == "realtime-d"  # c: 1.9x
 
 
 def test_rows_of_one_run_in_several_files_count_once(tmp_path):
