@@ -21,9 +21,10 @@ probabilities or uncertainty). Variants fused at the decoder are served at each 
 --class-map-strides (`class_map_stride`: the argmax at 1/stride of the image size, repeated over
 each cell); variants fused at the input and SegFormer-B0 at stride 1 only. Every entry's
 agreement is the % of pixels equal to the exact (stride 1) Keras class map of the same variant.
-Every TFLite file and its Keras model are made first; then, per size, each entry is warmed up and
-all are timed round-robin (--rounds rounds cycling over every (model, stride, path) entry), so
-the machine's noise hits all alike.
+Every TFLite file and its Keras model are made first; then, per size and model, each entry is
+warmed up and the model's entries are timed round-robin (--rounds rounds cycling over its
+(variant, stride, path) entries), so the machine's noise hits a model's two- and single-scale
+entries alike; models are timed one after another (all at once did not fit in memory).
 
 Refuses to start (exit 2) when the 1-minute load average is >= 0.5, unless --force. Records the
 load and `uptime` before and after, the CPU time other processes took while timing, versions and
@@ -624,7 +625,12 @@ def main(argv=None):
         frame = synthetic_batch(size, 1, TIMING_SEED)
         print(f"timing {len(group)} entries at {label} ...", flush=True)
         with OthersCPU() as cpu:
-            time_round_robin(group, frame, args.warmup, args.rounds, args.calls)
+            # One model's entries at a time: every TFLite interpreter holds its arena while it is
+            # live, and 99 entries at 1024x2048 ran out of 24 GiB (killed) when all were at once.
+            for model in dict.fromkeys(e["model"] for e in group):
+                time_round_robin([e for e in group if e["model"] == model], frame, args.warmup,
+                                 args.rounds, args.calls)
+                gc.collect()
         others[label] = cpu.share
         for e in group:
             print(f"| {e['model']} | {e['variant']} | stride {e['class_map_stride']} | {e['size']} | {e['path']} | "
