@@ -29,7 +29,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 ACCURACY_FILES = ("realtime_options.json", "realtime_options_seeds.json", "small_minimal_cut16.json",
-                  "deeplab_small_minimal_cut16.json", "realtime_options_rest.json")
+                  "deeplab_small_minimal_cut16.json", "realtime_options_rest.json",
+                  "realtime_options_large_seeds.json", "deeplab_large_cut16_seeds.json")
 SPEED_FILE = "realtime_speed_all.json"
 SPEED_ENTRY = {"size": "512x1024", "variant": "two-scale (decoder)", "path": "tflite-fp32",
                "class_map_stride": 1}
