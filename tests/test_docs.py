@@ -352,3 +352,13 @@ def test_readme_results_table_equals_its_results_files():
         for c, cell in enumerate(row):
             if NUMBER.fullmatch(cell):
                 assert (r, c) in checked, f"README results: {row[0]} / {header[c]} = {cell} has no source line"
+
+
+def test_readme_option_table_is_the_rules_table():
+    """The README's table of real-time options is realtime_choice.md's, row for row."""
+    choice = (ROOT / "benchmarks" / "results" / "realtime_choice.md").read_text()
+    rule_rows = [line for line in choice.splitlines() if line.startswith("| realtime-")]
+    readme_rows = [line for line in _results_section(README.read_text()).splitlines()
+                   if line.startswith("| realtime-")]
+    assert len(rule_rows) == 16
+    assert readme_rows == rule_rows
