@@ -63,3 +63,33 @@ def test_both_regimes_keep_the_budget_their_committed_records_were_trained_at():
     assert synthetic.steps_per_epoch is None  # an epoch is one pass over the training scenes
     assert pixels(large["batch_size"], large["steps_per_epoch"], large["crop_size"]) == pixels(
         synthetic.batch_size, synthetic.synthetic_train // synthetic.batch_size, synthetic.crop_size)
+
+
+def _record(variant, seed, miou):
+    ious = {"pole": miou, "traffic sign": miou, "person": miou, "car": miou, "truck": miou, "building": miou}
+    return {"variant": variant, "seed": seed, "miou": miou, "iou": ious, "train_wall_s": 60.0,
+            "train_cpu_s": 60.0, "load_before": 0.1, "load_after": 1.0, "resumed": False,
+            "ablation": {"uncertainty": {"miou": miou, "iou": ious}}}
+
+
+def test_the_table_holds_every_record_and_the_paired_differences(tmp_path, capsys):
+    # Runs finished by separate invocations (other variants or seeds, other processes) all count:
+    # --summarize rebuilds the tables from OUT/records alone.
+    records = tmp_path / "records"
+    records.mkdir()
+    mious = {("eq1", 0): 0.62, ("eq1", 1): 0.65, ("single", 0): 0.60, ("single", 1): 0.64,
+             ("max", 1): 0.70}
+    for (variant, seed), miou in mious.items():
+        (records / f"{variant}-seed{seed}.json").write_text(json.dumps(_record(variant, seed, miou)))
+    study = load_script(STUDY)
+    assert study.main(["--regime", "large", "--summarize", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert capsys.readouterr().out == table
+    assert [r["variant"] for r in json.loads((tmp_path / "results.json").read_text())["runs"]] == [
+        "eq1", "single", "eq1", "single", "max"]
+    assert "| eq1 | 2 | 63.5 ± 2.1 |" in table and "| max | 1 | 70.0 |" in table
+    assert "| single | 60.0 | 64.0 |" in table  # per seed
+    # eq1 - single per seed: +2.0 and +1.0 -> mean 1.5, sample std 0.71; max only on seed 1.
+    assert "| eq1 | +1.5 ± 0.7 (2) |  |" in table
+    assert "| max | +6.0 (1) | +5.0 (1) |" in table
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
