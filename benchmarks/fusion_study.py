@@ -177,8 +177,9 @@ def _paired(records, variant, other):
 
 def summarize(records, header):
     """The markdown tables of the finished runs: one row per variant (mean ± std over seeds), the
-    test-time ablation, mIoU per seed, and each variant against the single-scale model and eq. 1
-    on the seeds both finished (paired: a seed fixes the initial weights and the batches)."""
+    test-time ablation, mIoU per seed, and each variant against the single-scale model, plain
+    averaging and eq. 1 on the seeds both finished (paired: a seed fixes the initial weights and
+    the batches)."""
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in records)]
     classes = [c for c in THIN + WATCHED + LARGE if records and c in records[0]["iou"]]
     lines = [header, "",
@@ -211,7 +212,7 @@ def summarize(records, header):
     for variant in variants:
         miou = {r["seed"]: f"{100 * r['miou']:.1f}" for r in records if r["variant"] == variant}
         lines.append(f"| {variant} | " + " | ".join(miou.get(s, "") for s in seeds) + " |")
-    references = [v for v in ("single", "eq1") if v in variants]
+    references = [v for v in ("single", "average", "eq1") if v in variants]
     if references:
         lines += ["", "Paired differences in mIoU points (row minus column on the seeds both "
                       "finished: mean ± std (seeds)):", "",
