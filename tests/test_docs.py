@@ -362,3 +362,30 @@ def test_readme_option_table_is_the_rules_table():
                    if line.startswith("| realtime-")]
     assert len(rule_rows) == 16
     assert readme_rows == rule_rows
+
+
+def _study_cells(regime):
+    """{variant: (mIoU cell, minus-single cell)} of a committed fusion study table."""
+    lines = (ROOT / "benchmarks" / "results" / f"fusion_study_{regime}" / "table.md").read_text().splitlines()
+
+    def column(start, index):
+        first = next(i for i, line in enumerate(lines) if line.startswith(start))
+        _, rows = _table(lines[first:])
+        return {row[0]: row[index] for row in rows}
+
+    miou, paired = column("| trained with | seeds", 2), column("| trained with | - single", 1)
+    return {variant: (miou[variant], paired.get(variant, "")) for variant in miou}
+
+
+def test_readme_fusion_study_table_is_the_studys_tables():
+    """Each README cell of the fusion study equals the committed table.md of its regime."""
+    section = _results_section(README.read_text())
+    lines = section.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| trained with |"))
+    header, rows = _table(lines[first:])
+    assert len(header) == 5 and len(rows) == 6
+    synthetic, large = _study_cells("synthetic"), _study_cells("large")
+    for row in rows:
+        variant = re.match(r"`(\w+)`", row[0]).group(1)
+        assert tuple(row[1:3]) == synthetic[variant], row
+        assert tuple(row[3:5]) == large[variant], row
