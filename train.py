@@ -20,7 +20,7 @@ from synergyseg.quiet import quiet_tensorflow
 
 quiet_tensorflow()  # first: drops TensorFlow's start-up lines (a no-op once `import synergyseg` ran it)
 
-from synergyseg.training.config import PRESETS, RunConfig, parse_field, preset  # noqa: E402
+from synergyseg.training.config import AUX_LOSS_WEIGHT, PRESETS, RunConfig, parse_field, preset  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -32,13 +32,16 @@ def parse_args(argv=None):
     parser.add_argument("--config", help="a run's config.json to repeat or resume")
     parser.add_argument("--no-evaluation", action="store_true",
                         help="skip evaluate.py's tables and figures after training (RUN/evaluation)")
-    defaults = RunConfig()
+    defaults = PRESETS["synthetic"]
+    notes = {"aux_loss_weight": f"{AUX_LOSS_WEIGHT} with a two-scale fusion, 0 with low or high; "
+                                "0 is the paper's fused-only loss"}
     for field in dataclasses.fields(RunConfig):
         if field.name == "preset":
             continue
         flag = "--" + field.name.replace("_", "-")
+        default = notes.get(field.name, getattr(defaults, field.name))
         parser.add_argument(flag, dest=field.name, default=None, metavar=field.name.upper(),
-                            help=f"(default from the preset; synthetic: {getattr(defaults, field.name)})")
+                            help=f"(default from the preset; synthetic: {default})")
     args = parser.parse_args(argv)
     overrides = {}
     for field in dataclasses.fields(RunConfig):

@@ -12,7 +12,7 @@ Every variant trains through `train.py` with the same data, steps and recipe as 
     average    two scales, trained through the average of the two maps
     max        two scales, trained through their per-class maximum
     eq1        two scales, trained through eq. 1 (fused-only loss, the paper's recipe)
-    eq1_aux    eq. 1 plus per-scale auxiliary losses (aux_loss_weight 0.4)
+    eq1_aux    eq. 1 plus per-scale auxiliary losses (aux_loss_weight 0.4, the presets' default)
     attention  two scales, learned attention fusion (Tao et al.)
 
 Each trained model (final.keras: the last epoch, not a model picked on the validation set) is
@@ -41,15 +41,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from synergyseg.atomic import write_json, write_text  # noqa: E402
-from synergyseg.training.config import SYNTHETIC_STUDY_EPOCHS  # noqa: E402
+from synergyseg.training.config import AUX_LOSS_WEIGHT, SYNTHETIC_STUDY_EPOCHS  # noqa: E402
 
-VARIANTS = {  # eq1 first: its seed-0 run is the main job (`python train.py`) at the study's 15 epochs
-    "eq1": {"fusion": "uncertainty"},
-    "single": {"fusion": "high"},
-    "average": {"fusion": "average"},
-    "max": {"fusion": "max"},
-    "eq1_aux": {"fusion": "uncertainty", "aux_loss_weight": 0.4},
-    "attention": {"fusion": "attention"},
+# Each variant names its auxiliary loss weight: the presets' default (AUX_LOSS_WEIGHT for two-scale
+# fusions) is the study's own finding, so the study does not read it. eq1_aux is the main job's
+# recipe (`python train.py`) at the study's 15 epochs.
+VARIANTS = {
+    "eq1": {"fusion": "uncertainty", "aux_loss_weight": 0.0},
+    "single": {"fusion": "high", "aux_loss_weight": 0.0},
+    "average": {"fusion": "average", "aux_loss_weight": 0.0},
+    "max": {"fusion": "max", "aux_loss_weight": 0.0},
+    "eq1_aux": {"fusion": "uncertainty", "aux_loss_weight": AUX_LOSS_WEIGHT},
+    "attention": {"fusion": "attention", "aux_loss_weight": 0.0},
 }
 # Both regimes use the main job's preset ("synthetic": ResNet-18 width 16, 50 steps of 8 crops an
 # epoch) at SYNTHETIC_STUDY_EPOCHS epochs (15, the main job's count when the study started);

@@ -13,7 +13,8 @@ than the preset's, passed to train.py as --seed N). A run folder that holds
 metrics.json is finished and skipped; a killed run resumes from its backup (train.py). Collected
 from each folder: validation mIoU of final.keras (metrics.json) and train.py's evaluation of
 the served model (RUN/evaluation/results.json: its mIoU, the fusion ablation on the same weights,
-per-class IoU), written to benchmarks/results/realtime_options.json and a markdown table beside it:
+per-class IoU) and the auxiliary loss weight it trained with (the options 0, the presets and the
+main job 0.4), written to benchmarks/results/realtime_options.json and a markdown table beside it:
 one row per run, and per option with several seeds the mean +- standard deviation over them.
 """
 
@@ -76,7 +77,7 @@ def collect(name, folder):
         metrics = json.load(f)
     row = {"option": name, "seed": config.seed, "run_dir": folder, "head": config.head, "backbone": config.backbone,
            "output_stride": config.output_stride, "fuse_at": config.fuse_at,
-           "final_mean_iou": metrics["mean_iou"]}
+           "aux_loss_weight": config.aux_weight, "final_mean_iou": metrics["mean_iou"]}
     results = os.path.join(run.evaluation, "results.json")
     if os.path.isfile(results):
         with open(results) as f:
@@ -101,17 +102,23 @@ def mean_and_std(fractions):
     return round(float(np.mean(values)), 2), round(float(np.std(values, ddof=1)), 2)
 
 
+def _aux(row):
+    """The row's auxiliary loss weight (rows written before it was recorded trained with 0)."""
+    return row.get("aux_loss_weight", 0.0)
+
+
 def summary(rows):
     """Per option and fusion resolution with more than one seed: mean and (sample) standard
     deviation of final.keras's mIoU and of the watched classes' IoU, in %."""
     groups = {}
     for row in rows:
-        groups.setdefault((row["option"], row["fuse_at"]), []).append(row)
+        groups.setdefault((row["option"], row["fuse_at"], _aux(row)), []).append(row)
     out = []
-    for (option, fuse_at), group in groups.items():
+    for (option, fuse_at, aux), group in groups.items():
         if len(group) < 2:
             continue
-        out.append({"option": option, "fuse_at": fuse_at, "seeds": sorted(r["seed"] for r in group),
+        out.append({"option": option, "fuse_at": fuse_at, "aux_loss_weight": aux,
+                    "seeds": sorted(r["seed"] for r in group),
                     "final_mean_iou": mean_and_std([r["final_mean_iou"] for r in group]),
                     **{c: mean_and_std([r.get("watched_iou", {}).get(c) for r in group]) for c in WATCHED_CLASSES}})
     return out
@@ -119,23 +126,25 @@ def summary(rows):
 
 def markdown(rows):
     fusions = sorted({f for row in rows for f in row.get("ablation", {})})
-    head = ["option", "seed", "head", "trunk", "OS", "fused at", "final.keras mIoU", "evaluated mIoU",
-            *[f"ablation: {f}" for f in fusions], *WATCHED_CLASSES]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 6 + "---:|" * (len(head) - 6)]
+    head = ["option", "seed", "head", "trunk", "OS", "fused at", "aux loss", "final.keras mIoU",
+            "evaluated mIoU", *[f"ablation: {f}" for f in fusions], *WATCHED_CLASSES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 7 + "---:|" * (len(head) - 7)]
     for row in rows:
         cells = [row["option"], str(row["seed"]), row["head"], row["backbone"], str(row["output_stride"]),
-                 row["fuse_at"], percent(row["final_mean_iou"]), percent(row.get("evaluated_mean_iou")),
+                 row["fuse_at"], f"{_aux(row):g}", percent(row["final_mean_iou"]),
+                 percent(row.get("evaluated_mean_iou")),
                  *[percent(row.get("ablation", {}).get(f)) for f in fusions],
                  *[percent(row.get("watched_iou", {}).get(c)) for c in WATCHED_CLASSES]]
         lines.append("| " + " | ".join(cells) + " |")
     means = summary(rows)
     if means:
-        lines += ["", "| option | fused at | seeds | final.keras mIoU, mean +- std | "
+        lines += ["", "| option | fused at | aux loss | seeds | final.keras mIoU, mean +- std | "
                   + " | ".join(f"{c}, mean +- std" for c in WATCHED_CLASSES) + " |",
-                  "|---|---|---|---:|" + "---:|" * len(WATCHED_CLASSES)]
+                  "|---|---|---|---|---:|" + "---:|" * len(WATCHED_CLASSES)]
         fmt = lambda s: "-" if s is None else f"{s[0]:.1f} +- {s[1]:.1f}"
         for m in means:
-            lines.append(f"| {m['option']} | {m['fuse_at']} | {','.join(map(str, m['seeds']))} | "
+            lines.append(f"| {m['option']} | {m['fuse_at']} | {m['aux_loss_weight']:g} | "
+                         f"{','.join(map(str, m['seeds']))} | "
                          f"{fmt(m['final_mean_iou'])} | " + " | ".join(fmt(m[c]) for c in WATCHED_CLASSES) + " |")
     return "\n".join(lines) + "\n"
 

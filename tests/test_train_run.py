@@ -198,14 +198,15 @@ def test_killed_run_resumes_at_the_same_epoch_and_step(data_dir, tmp_path):
         # traces in 75% of DeepLabV3+'s time: float16 layers, loss scaling, clipping and the
         # per-scale losses work on any head (DeepLabV3+ predicting under mixed_float16:
         # test_synergy.py).
-        dict(mixed_precision=True, clipnorm=1.0, aux_loss_weight=0.4, **dict(TINY, head="lraspp")),
+        # The per-scale losses are the default of a two-scale fusion (weight 0.4); none with "high".
+        dict(mixed_precision=True, clipnorm=1.0, **dict(TINY, head="lraspp")),
         # The light model: XLA's compile dominates this case and grows with the graph; XLA and
         # the per-variable clipping act on whatever graph and variables the model has. No
         # validation images: their model is not compiled, so XLA never runs them (the other
         # case and the short run write them).
         dict(jit_compile=True, clipnorm=1.0, **dict(LIGHT, tensorboard_images=0)),
     ],
-    ids=["mixed_float16+clip+aux", "xla+clip"],
+    ids=["mixed_float16+clip+default_aux", "xla+clip"],
 )
 def test_real_training_options_train_and_restore_the_policy(data_dir, tmp_path, options):
     config = preset("synthetic", data_dir=data_dir, run_dir=str(tmp_path / "run"), epochs=1,
@@ -225,9 +226,11 @@ def test_real_training_options_train_and_restore_the_policy(data_dir, tmp_path, 
                       for before, after in zip(first_step.before, first_step.after)])
     assert steps.max() <= bound * (1 + 1e-3), (steps.max(), bound)
     assert (steps > 0.99 * bound).sum() >= 5, np.sort(steps)[-10:] / bound
-    if options.get("aux_loss_weight"):
+    if config.fusion == "high":
+        assert "s_lo_loss" not in history and "s_hi_loss" not in history, sorted(history)
+    else:
         # Each scale's own loss is logged, and the loss is the fused one plus the weighted others.
-        weight = options["aux_loss_weight"]
+        weight = 0.4
         for name in ("fused_loss", "s_lo_loss", "s_hi_loss"):
             assert name in history and np.isfinite(history[name]).all(), sorted(history)
         np.testing.assert_allclose(
@@ -299,3 +302,26 @@ def test_a_run_written_before_a_field_existed_resumes_as_that_fields_default(tmp
     assert config_differences(config, saved) == []
     assert config_differences(config.replace(run_eagerly=True), saved) == ["run_eagerly: False there, True now"]
     assert config_differences(config.replace(epochs=3), saved) == [f"epochs: {config.epochs} there, 3 now"]
+
+
+def test_a_run_is_compared_by_the_auxiliary_weight_it_trains_with(tmp_path):
+    # None (the default) is 0.4 with a two-scale fusion: a run written with 0.4 spelled out is the
+    # same run; one written with 0 (the paper's recipe, the default before the fusion study) is not,
+    # and the difference names the weights, not None.
+    from synergyseg.training.run import config_differences
+
+    config = preset("synthetic", run_dir=str(tmp_path / "run"))
+    saved = tmp_path / "config.json"
+    for written, expected in ((0.4, []), (None, []), (0.0, ["aux_loss_weight: 0.0 there, 0.4 now"])):
+        saved.write_text(json.dumps(dict(json.loads(json.dumps(config.to_dict())), aux_loss_weight=written)))
+        assert config_differences(config, saved) == expected, written
+    # A config.json from before the field existed trained with the fused loss only.
+    older = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "aux_loss_weight"}
+    saved.write_text(json.dumps(older))
+    assert config_differences(config, saved) == ["aux_loss_weight: 0.0 there, 0.4 now"]
+    assert config_differences(config.replace(aux_loss_weight=0.0), saved) == []
+    # With one scale the default is 0: an older single-scale run resumes with the same command.
+    high = config.replace(fusion="high")
+    saved.write_text(json.dumps({k: v for k, v in json.loads(json.dumps(high.to_dict())).items()
+                                 if k != "aux_loss_weight"}))
+    assert config_differences(high, saved) == []

@@ -42,6 +42,8 @@ FUSE_AT = ("input", "decoder")
 FUSIONS = ("uncertainty", "uncertainty_confidence", "low", "high", "average", "max", "attention")
 # Those with no weights of their own: an ablation can swap them on one trained model.
 WEIGHTLESS_FUSIONS = tuple(name for name in FUSIONS if name != "attention")
+# Those that output one scale's map alone (the other scale does not reach the output).
+SINGLE_SCALE_FUSIONS = ("low", "high")
 
 # The input's name in every form of a model: the Keras models (SynergySeg, its submodels, the
 # MobileNetV3 trunks) and the exported SavedModel, TFLite and ONNX signatures.

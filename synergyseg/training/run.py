@@ -24,7 +24,7 @@ from synergyseg.training.backup import STATE, RunBackup
 from synergyseg.atomic import write_json
 from synergyseg import data
 from synergyseg.run_folder import RunFolder, save_model
-from synergyseg.training.config import dataset_info
+from synergyseg.training.config import aux_weight, dataset_info
 from synergyseg.training.distribute import is_chief, make_strategy, train_multi_worker
 from synergyseg.models.names import LOSS_OUTPUTS
 from synergyseg.training import recipe
@@ -62,7 +62,7 @@ def build_model(config, info=None):
     return synergyseg.build_synergyseg(
         config.num_classes, backbone=config.backbone, output_stride=config.output_stride,
         fusion=config.fusion, backbone_weights=config.backbone_weights,
-        scale_outputs=bool(config.aux_loss_weight), head=config.head, fuse_at=config.fuse_at,
+        scale_outputs=bool(config.aux_weight), head=config.head, fuse_at=config.fuse_at,
         class_names=info.class_names, palette=info.colors, **head_kwargs)
 
 
@@ -190,6 +190,11 @@ def config_differences(config, saved):
         previous = json.load(f)
     current = json.loads(json.dumps(config.to_dict()))
     defaults = json.loads(json.dumps(type(config)().to_dict()))
+    # The weight each trains with: None (the default) is 0.4 or 0 by fusion; a config.json from
+    # before the default existed holds its weight (0, the paper's recipe, when it predates the field).
+    current["aux_loss_weight"] = config.aux_weight
+    previous["aux_loss_weight"] = aux_weight(previous.get("aux_loss_weight", 0.0),
+                                             previous.get("fusion", defaults["fusion"]))
     differences = []
     for name in sorted(set(previous) | set(current)):
         if name == "run_dir":
@@ -345,7 +350,7 @@ def _train(config, extra_callbacks, log):
         with strategy.scope():
             fit_model.compile(optimizer=optimizer, jit_compile=config.jit_compile,
                               run_eagerly=config.run_eagerly,
-                              **compile_arguments(config.num_classes, config.aux_loss_weight))
+                              **compile_arguments(config.num_classes, config.aux_weight))
             # Built now so the backup can restore its slots and step before the first batch.
             optimizer.build(fit_model.trainable_variables)
         # The model and the data are in place: only now does the run folder get its config.
