@@ -299,9 +299,12 @@ def _sources(section):
 
 
 def _select(value, path, where):
-    """The value at `path` ("a/b/{key=value,key=value}/c") in parsed JSON `value`."""
+    """The value at `path` ("a/b/{key=value,key=value}/c", "a/0": a list's first item) in parsed JSON `value`."""
     for step in re.findall(r"\{[^}]*\}|[^/]+", path):
-        if step.startswith("{"):
+        if isinstance(value, list) and step.isdigit():
+            assert int(step) < len(value), f"{where}: no item {step} in a list of {len(value)}"
+            value = value[int(step)]
+        elif step.startswith("{"):
             wanted = dict(pair.split("=", 1) for pair in step[1:-1].split(","))
             matches = [item for item in value
                        if all(str(item.get(k)) == v for k, v in wanted.items())]
