@@ -39,7 +39,7 @@ from synergyseg.models.names import UNCERTAINTY  # noqa: E402
 from synergyseg.models.rewrite import rewrite_for_inference  # noqa: E402
 from synergyseg.run_folder import load_model  # noqa: E402
 from synergyseg.training.config import PRESETS, preset  # noqa: E402
-from synergyseg.training.run import build_model  # noqa: E402
+from synergyseg.training.run import build_model, inference_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_name  # noqa: E402
@@ -150,7 +150,7 @@ def timing_model(name):
     """Random weights: a preset by its name (e.g. "realtime-cityscapes", the served two-scale model
     as train.py builds it), else a backbone under the paper's DeepLabV3+ with 19 classes."""
     if name in PRESETS:
-        return build_model(preset(name))
+        return inference_model(build_model(preset(name)))
     return synergyseg.build_synergyseg(19, backbone=name)
 
 

@@ -19,8 +19,10 @@ from synergyseg.training.recipe import compile_arguments
 from synergyseg.training.run import build_model, make_optimizer
 
 out = sys.argv[1]  # writes <out>1.npz and <out>2.npz
+# The fused loss alone (one output, Keras's list metrics): the per-scale losses go through the same
+# fit, and multi-worker training compares them with one process (test_distribute_multiworker.py).
 config = preset("synthetic", backbone="resnet18", backbone_width=8, head_filters=16,
-                low_level_filters=8, dropout=0.0, learning_rate=0.05)
+                low_level_filters=8, dropout=0.0, learning_rate=0.05, aux_loss_weight=0.0)
 rng = np.random.default_rng(0)
 x = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
 y = rng.integers(0, 10, (8, 32, 32)).astype("int32")

@@ -233,7 +233,7 @@ def _worker(mode, index, ports, out):
     import tensorflow as tf
 
     from synergyseg.training.config import preset
-    from synergyseg.training.recipe import compile_arguments, segmentation_loss
+    from synergyseg.training.recipe import compile_arguments, output_loss
     from synergyseg.training.run import build_model, make_optimizer
 
     config = preset("synthetic", backbone="resnet18", backbone_width=8, head_filters=16,
@@ -283,7 +283,8 @@ def _worker(mode, index, ports, out):
     np.savez(out + ".start.npz", **weights())
     dataset_fn = lambda context: tf.data.Dataset.from_tensor_slices((x, y)).batch(
         context.get_per_replica_batch_size(4)).repeat()
-    train_multi_worker(model, optimizer, segmentation_loss(), dataset_fn, epochs=2,
+    # The default recipe's loss: with two scales, the fused map's plus 0.4 x each scale's.
+    train_multi_worker(model, optimizer, output_loss(config.aux_weight), dataset_fn, epochs=2,
                        steps_per_epoch=2, strategy=strategy, log=lambda *a: None)
     np.savez(out, steps=int(optimizer.iterations.numpy()), **weights())
 

@@ -82,8 +82,9 @@ def train_multi_worker(model, optimizer, loss_fn, dataset_fn, *, epochs, steps_p
 
     Args:
         model, optimizer: created inside `strategy.scope()`.
-        loss_fn: a Keras loss with a mean reduction (e.g. `segmentation_loss()`): Keras scales it
-            by 1 / replicas under the strategy.
+        loss_fn: `(labels, prediction) -> loss` made of Keras losses with a mean reduction (e.g.
+            `recipe.output_loss(aux_loss_weight)`): Keras scales each by 1 / replicas under the
+            strategy.
         dataset_fn: `input_context -> tf.data.Dataset` of (image, label) per-replica batches,
             repeating (see `tf.distribute.Strategy.distribute_datasets_from_function`).
         callbacks: Keras callbacks; they get `on_epoch_begin/end` with {"loss", "learning_rate"}

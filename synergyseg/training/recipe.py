@@ -72,6 +72,27 @@ def compile_arguments(num_classes, aux_loss_weight=0.0, dict_outputs=None):
     }
 
 
+def output_loss(aux_loss_weight=0.0):
+    """`loss(labels, prediction)` for a custom training loop, the loss `compile_arguments` gives
+    Keras: cross-entropy on the prediction, or on a dict prediction's "fused" map plus
+    `aux_loss_weight` times that of each scale's ("s_lo", "s_hi"). Each term is a Keras mean loss,
+    so under a strategy each is divided by the replica count (see `distribute.train_multi_worker`).
+    """
+    loss = segmentation_loss()
+
+    def total(labels, prediction):
+        if not isinstance(prediction, dict):
+            return loss(labels, prediction)
+        value = loss(labels, prediction[FUSED])
+        if aux_loss_weight:
+            for name in LOSS_OUTPUTS:
+                if name != FUSED:
+                    value += aux_loss_weight * loss(labels, prediction[name])
+        return value
+
+    return total
+
+
 def paper_compile_arguments(num_classes, decay_steps=None, dict_outputs=False):
     """`(compile arguments, schedule)`: `optimizer`, `loss` and `metrics` of the paper's recipe (see
     `SynergySeg.compile`), and the optimizer's learning-rate schedule.

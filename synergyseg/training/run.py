@@ -73,9 +73,19 @@ def training_model(model):
     return keras.Model(model.input, {k: model.output[k] for k in LOSS_OUTPUTS}, name=model.name)
 
 
-def inference_model(model):
-    """A single-output model sharing `model`'s weights (what best/final.keras hold)."""
-    return model.with_fusion() if model.scale_outputs else model
+def inference_model(model, trained=None):
+    """A single-output model sharing `model`'s weights (what best/final.keras hold).
+
+    `trained`: the model `fit` trains (`training_model(model)`); when it is compiled, the served
+    model is compiled with its optimizer, so the saved file keeps the optimizer's state (step,
+    schedule, slots) as a run without the per-scale losses does.
+    """
+    if not model.scale_outputs:
+        return model
+    served = model.with_fusion()
+    if trained is not None and trained.compiled:
+        served.compile(optimizer=trained.optimizer, **compile_arguments(model.num_classes))
+    return served
 
 
 def make_optimizer(config, total_steps):
@@ -151,7 +161,7 @@ def make_callbacks(config, model, fit_model, info, backup, extra=()):
         cb.PerClassIoU(info.class_names),
         cb.LogLearningRate(),
         cb.TerminateOnNaN(backup),
-        cb.SafeModelCheckpoint(run.best, saved_model=inference_model(model),
+        cb.SafeModelCheckpoint(run.best, saved_model=inference_model(model, fit_model),
                                monitor="val_mean_iou", mode="max", save_best_only=True,
                                initial_value_threshold=_best_so_far(backup.rows)),
         cb.EpochBackup(backup),
@@ -372,7 +382,7 @@ def _train(config, extra_callbacks, log):
             shuffle=False)  # the tf.data pipeline shuffles; fit's own flag does not apply to it
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    save_model(inference_model(model), run.final)
+    save_model(inference_model(model, fit_model), run.final)
     per_class = next(c for c in callbacks if isinstance(c, cb.PerClassIoU))
     if per_class.val_epoch == config.epochs - 1:
         # The last epoch validated exactly these weights: score once, from its confusion matrix.
@@ -426,7 +436,7 @@ def _train_multi_worker(config, model, optimizer, strategy, steps, info, start, 
     callbacks.append(cb.EpochBackup(backup))
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     losses = train_multi_worker(
-        model, optimizer, segmentation_loss(),
+        model, optimizer, recipe.output_loss(config.aux_weight),
         lambda context: _train_dataset(config, global_batch, steps, initial_epoch, context),
         epochs=config.epochs, steps_per_epoch=steps, strategy=strategy, callbacks=callbacks,
         initial_epoch=initial_epoch, backup=backup, log=log if chief else (lambda *_: None))
