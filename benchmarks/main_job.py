@@ -7,8 +7,9 @@
 Runs `python train.py --data-dir DIR/data --run-dir DIR/run` (the synthetic preset: what
 `python train.py` runs, in a folder with no scenes yet, so scene generation, training, the final
 validation and train.py's evaluation are all in the time), then records the wall time, the
-validation mIoU and per-class IoU of final.keras (what train.py prints last), the load before and
-after and the command in --out. It first waits for the machine to be idle (machine.py). The
+validation mIoU and per-class IoU of final.keras (what training prints last), the mIoU of
+best.keras from train.py's evaluation (what it prints after), the load before and after and the
+command in --out. It first waits for the machine to be idle (machine.py). The
 README's main-job numbers are read from that file (tests/test_docs.py). Run it with nothing else
 of ours on the machine.
 
@@ -103,13 +104,18 @@ def main(argv=None):
         metrics = json.load(f)
     with open(os.path.join(folder, "run", "config.json")) as f:
         config = json.load(f)
+    # What train.py's evaluation printed last: best.keras (the best epoch) on the same scenes.
+    with open(os.path.join(folder, "run", "evaluation", "results.json")) as f:
+        evaluated = json.load(f)
     result = {
         "command": "python train.py (" + shlex.join(["train.py", *command[2:]]) + ")",
         "cpu": cpu_name(), "cores": os.cpu_count(), "load": {"before": before, "after": after},
         "wall_s": round(wall, 1), "mean_iou": metrics["mean_iou"],
         "per_class_iou": metrics["per_class_iou"],
+        "best_keras_mean_iou": evaluated["accuracy"]["mean_iou"],
         "config": {k: config[k] for k in ("preset", "backbone", "backbone_width", "epochs",
-                                          "steps_per_epoch", "batch_size", "crop_size", "fusion", "seed")},
+                                          "steps_per_epoch", "batch_size", "crop_size", "fusion",
+                                          "aux_loss_weight", "seed")},
     }
     write_json(args.out, result)  # the training's record first: the timing below may be cut short
     print(f"main job: {wall / 60:.1f} min, final.keras mIoU {100 * metrics['mean_iou']:.1f}; wrote {args.out}")
