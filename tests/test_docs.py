@@ -392,3 +392,18 @@ def test_readme_fusion_study_table_is_the_studys_tables():
         variant = re.match(r"`(\w+)`", row[0]).group(1)
         assert tuple(row[1:3]) == synthetic[variant], row
         assert tuple(row[3:5]) == large[variant], row
+
+
+def test_readme_real_time_recipe_numbers_are_the_committed_pairs():
+    # The README's "per-scale losses on the real-time presets" sentence quotes realtime_presets_aux.json.
+    results = json.loads((ROOT / "benchmarks" / "results" / "realtime_presets_aux.json").read_text())
+    summary = {(row["option"], row["aux_loss_weight"]): row["final_mean_iou"] for row in results["summary"]}
+    text = " ".join(README.read_text().split())
+    for pair in results["paired"]:
+        with_aux = summary[(pair["preset"], 0.4)]
+        without = summary[(pair["aux_0_option"], 0.0)]
+        mean, std = pair["difference_mean_std"]
+        assert all(d > 0 for d in pair["difference"]), pair  # "ahead in each seed"
+        quoted = (f"`{pair['preset']}` {with_aux[0]:.1f} ± {with_aux[1]:.1f} against "
+                  f"{without[0]:.1f} ± {without[1]:.1f} ({mean:+.1f} ± {std:.1f}, ahead in each seed)")
+        assert quoted in text, quoted
