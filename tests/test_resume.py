@@ -21,12 +21,11 @@ from synergyseg import data
 from synergyseg.training.backup import KILL_HOOK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# DeepLabV3+ (its dropout's seed state is part of what a resume must restore) at the full scale
-# alone: fusion "high" computes no second scale, which halves the graph each process traces
-# before its first step. The state a kill can lose (weights, batch-norm statistics, dropout
-# seeds, optimizer slots and step, the batches) is the same kind with one scale or two.
+# DeepLabV3+ (its dropout's seed state is part of what a resume must restore), two-scale with
+# the default recipe (eq. 1 and the per-scale losses: fit trains the dict-output model, whose
+# optimizer state best/final.keras keep). The state a kill can lose: weights, batch-norm
+# statistics, dropout seeds, optimizer slots and step, the batches.
 TINY = ["--backbone-width", "8", "--head-filters", "16", "--low-level-filters", "8",
-        "--fusion", "high",
         # Op by op: 9 steps a process do not pay for tracing the training graph (~30 CPU-s each
         # time a killed run starts again); the state a kill can lose is the same either way.
         "--run-eagerly", "true",
@@ -123,6 +122,11 @@ def test_kills_at_any_instant_resume_to_the_uninterrupted_result(data_dir, tmp_p
         got = list(csv.DictReader(f))
     np.testing.assert_allclose([float(r["loss"]) for r in got],
                                [float(r["loss"]) for r in expected], rtol=1e-4)
+    # The default recipe ran: each scale's loss is in the history, and final.keras kept the
+    # optimizer's state (its step count after 3 epochs of 3 steps).
+    np.testing.assert_allclose([float(r["s_lo_loss"]) for r in got],
+                               [float(r["s_lo_loss"]) for r in expected], rtol=1e-4)
+    assert int(keras.models.load_model(os.path.join(run, "final.keras")).optimizer.iterations) == 9
 
 
 def _tiny_model():
