@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from synergyseg.training.recipe import mean_iou, segmentation_loss
+from synergyseg.training.recipe import mean_iou, output_loss, segmentation_loss
 from synergyseg.training.schedules import WarmupPolynomialDecay
 
 
@@ -93,3 +93,25 @@ def test_pixels_labelled_255_change_neither_loss_nor_metric():
     inter = np.diag(cm)
     union = cm.sum(0) + cm.sum(1) - inter
     assert float(m1.result()) == pytest.approx((inter[union > 0] / union[union > 0]).mean(), rel=1e-5)
+
+
+def test_custom_loop_loss_is_the_fused_cross_entropy_plus_the_weighted_scales():
+    # numpy cross-entropy over labelled pixels: the multi-worker step's loss, as Keras's compiled
+    # loss weighs it (fused 1, s_lo and s_hi aux_loss_weight); no dict, or weight 0: fused alone.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (2, 4, 4)).astype("int32")
+    labels[0, 0] = 255
+    maps = {}
+    for name in ("fused", "s_lo", "s_hi", "uncertainty"):
+        raw = rng.random((2, 4, 4, 3)).astype("float32") + 0.1
+        maps[name] = raw / raw.sum(-1, keepdims=True)
+    keep = labels != 255
+
+    def cross_entropy(p):
+        picked = np.take_along_axis(p, np.where(keep, labels, 0)[..., None], -1)[..., 0]
+        return -np.log(picked[keep]).mean()
+
+    expected = cross_entropy(maps["fused"]) + 0.4 * (cross_entropy(maps["s_lo"]) + cross_entropy(maps["s_hi"]))
+    assert float(output_loss(0.4)(labels, maps)) == pytest.approx(expected, rel=1e-5)
+    assert float(output_loss(0.0)(labels, maps)) == pytest.approx(cross_entropy(maps["fused"]), rel=1e-5)
+    assert float(output_loss(0.4)(labels, maps["fused"])) == pytest.approx(cross_entropy(maps["fused"]), rel=1e-5)

@@ -208,8 +208,9 @@ PRESETS = {
     "synthetic": RunConfig(backbone_width=16, head_filters=64, low_level_filters=16, epochs=8),
     # The paper's recipe (section IV): ResNet-50, SGD momentum 0.9, weight decay 5e-4, batch 2 per
     # GPU, lr 0.01 with polynomial decay, 150 epochs; plus the per-scale auxiliary losses (the
-    # paper has the fused loss only: aux_loss_weight=0 trains its recipe exactly). The crop is not in the paper; 768x768 is the
-    # common Cityscapes crop (DeepLab uses 769) that fits batch 2 of the two-scale ResNet-50 in 12 GB.
+    # paper has the fused loss only: aux_loss_weight=0 trains its recipe exactly). The crop is not
+    # in the paper; 768x768 is the common Cityscapes crop (DeepLab uses 769) that fits batch 2 of
+    # the two-scale ResNet-50 in 12 GB.
     "cityscapes": RunConfig(
         preset="cityscapes", dataset="cityscapes", data_dir="data/cityscapes", num_classes=19,
         backbone="resnet50", crop_size=(768, 768), batch_size=2, epochs=150,

@@ -64,12 +64,19 @@ def compile_arguments(num_classes, aux_loss_weight=0.0, dict_outputs=None):
         dict_outputs = bool(aux_loss_weight)
     if not dict_outputs:
         return {"loss": segmentation_loss(), "metrics": [mean_iou(num_classes)]}
-    names = LOSS_OUTPUTS if aux_loss_weight else (FUSED,)
+    weights = loss_weights(aux_loss_weight)
     return {
-        "loss": {name: segmentation_loss() for name in names},
-        "loss_weights": {name: 1.0 if name == FUSED else aux_loss_weight for name in names},
+        "loss": {name: segmentation_loss() for name in weights},
+        "loss_weights": weights,
         "metrics": {FUSED: [mean_iou(num_classes)]},
     }
+
+
+def loss_weights(aux_loss_weight):
+    """`{output: weight}` of the dict outputs that get a loss: "fused" 1, and with
+    `aux_loss_weight` set, "s_lo" and "s_hi" that weight."""
+    names = LOSS_OUTPUTS if aux_loss_weight else (FUSED,)
+    return {name: 1.0 if name == FUSED else aux_loss_weight for name in names}
 
 
 def output_loss(aux_loss_weight=0.0):
@@ -78,17 +85,12 @@ def output_loss(aux_loss_weight=0.0):
     `aux_loss_weight` times that of each scale's ("s_lo", "s_hi"). Each term is a Keras mean loss,
     so under a strategy each is divided by the replica count (see `distribute.train_multi_worker`).
     """
-    loss = segmentation_loss()
+    loss, weights = segmentation_loss(), loss_weights(aux_loss_weight)
 
     def total(labels, prediction):
         if not isinstance(prediction, dict):
             return loss(labels, prediction)
-        value = loss(labels, prediction[FUSED])
-        if aux_loss_weight:
-            for name in LOSS_OUTPUTS:
-                if name != FUSED:
-                    value += aux_loss_weight * loss(labels, prediction[name])
-        return value
+        return sum(weight * loss(labels, prediction[name]) for name, weight in weights.items())
 
     return total
 
