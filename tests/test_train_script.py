@@ -31,6 +31,19 @@ def test_flags_override_the_preset_field_by_field():
     assert train.parse_args([]) == (preset("synthetic"), False)
 
 
+def test_help_gives_the_synthetic_presets_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    # argparse wraps lines (also after a hyphen): compared without whitespace.
+    text = "".join(capsys.readouterr().out.split())
+    wanted = lambda line: "".join(line.split())
+    # The preset's own values (width 16, 8 epochs), not RunConfig's bare ones (64, 10).
+    assert wanted("--backbone-width BACKBONE_WIDTH (default from the preset; synthetic: 16)") in text
+    assert wanted("--epochs EPOCHS (default from the preset; synthetic: 8)") in text
+    assert wanted("--aux-loss-weight AUX_LOSS_WEIGHT (default from the preset; synthetic: 0.4 with a "
+                  "two-scale fusion, 0 with low or high; 0 is the paper's fused-only loss)") in text
+
+
 def test_config_of_a_moved_run_folder_resumes_it_where_it_is_now(tmp_path):
     run = tmp_path / "moved"
     run.mkdir()
